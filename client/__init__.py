@@ -1,0 +1,1 @@
+"""Hospital-side agent: data, training, and the round protocol over HTTPS."""

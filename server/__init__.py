@@ -1,0 +1,1 @@
+"""Coordination server: sites, runs and rounds in a database; aggregation; signing."""

@@ -1,0 +1,1 @@
+"""Code used by both the coordination server and the hospital client."""

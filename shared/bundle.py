@@ -1,0 +1,213 @@
+"""Signed model bundles: what the server publishes each round. Data, never code.
+
+A bundle is three files, as a directory or an uncompressed tar:
+
+- ``manifest.json``: canonical JSON of `BundleManifest` (tensor specs, the sha256
+  of the weights, the signing key's id);
+- ``weights.safetensors``: the tensors;
+- ``signature``: one line ``ed25519 <key id> <base64 signature>``, the signature over
+  the domain digest of ``manifest.json``'s exact bytes.
+
+`open_bundle` checks in this order and parses nothing before it has to: the file set,
+the key id (must be trusted), the signature, the weights' sha256, the manifest, and
+last the tensors against the manifest's spec. No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import re
+import tarfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import ValidationError
+
+from shared import crypto
+from shared.errors import BundleError, FedsegError
+from shared.schemas import BundleManifest, canonical_json
+from shared.tensors import Tensors, from_safetensors, spec_of, to_safetensors, validate_tensors
+
+MANIFEST: Final = "manifest.json"
+WEIGHTS: Final = "weights.safetensors"
+SIGNATURE: Final = "signature"
+FILE_NAMES: Final = frozenset({MANIFEST, WEIGHTS, SIGNATURE})
+BUNDLE_DOMAIN: Final = b"fedseg/bundle/v1"
+MAX_MANIFEST_SIZE: Final = 16 * 1024 * 1024
+_SIGNATURE_LINE = re.compile(rb"ed25519 ([0-9a-f]{64}) ([A-Za-z0-9+/]{86}==)\n")
+
+
+@dataclass(frozen=True, slots=True)
+class BundleFiles:
+    """The raw bytes of a bundle's three files."""
+
+    manifest: bytes
+    weights: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedBundle:
+    """A bundle that passed every check."""
+
+    manifest: BundleManifest
+    tensors: Tensors
+
+
+def make_bundle(
+    *,
+    run_id: str,
+    round_number: int,
+    model: str,
+    model_params: Mapping[str, Any],
+    tensors: Mapping[str, torch.Tensor],
+    signing_key: Ed25519PrivateKey,
+    created_at: datetime | None = None,
+) -> tuple[BundleManifest, BundleFiles]:
+    """Serialise ``tensors`` and sign a manifest describing them (the digest, once)."""
+    weights = to_safetensors(tensors)
+    public_key = signing_key.public_key()
+    manifest = BundleManifest(
+        run_id=run_id,
+        round=round_number,
+        model=model,
+        model_params=dict(model_params),
+        tensors=spec_of(tensors),
+        weights_sha256=hashlib.sha256(weights).hexdigest(),
+        created_at=created_at or datetime.now(UTC),
+        key_id=crypto.key_id(public_key),
+    )
+    manifest_bytes = canonical_json(manifest)
+    signature = crypto.sign(signing_key, crypto.domain_digest(BUNDLE_DOMAIN, manifest_bytes))
+    line = b"ed25519 %s %s\n" % (manifest.key_id.encode(), base64.b64encode(signature))
+    return manifest, BundleFiles(manifest=manifest_bytes, weights=weights, signature=line)
+
+
+def bundle_tar(files: BundleFiles) -> bytes:
+    """Pack a bundle as a deterministic, uncompressed tar."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in (
+            (MANIFEST, files.manifest),
+            (WEIGHTS, files.weights),
+            (SIGNATURE, files.signature),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            info.mtime = 0
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def write_bundle_dir(files: BundleFiles, path: Path) -> None:
+    """Write a bundle as a directory (created; must not exist yet)."""
+    path.mkdir(parents=True)
+    (path / MANIFEST).write_bytes(files.manifest)
+    (path / WEIGHTS).write_bytes(files.weights)
+    (path / SIGNATURE).write_bytes(files.signature)
+
+
+def read_bundle_files(source: Path | bytes) -> BundleFiles:
+    """Read exactly the three files from a directory, a tar file or tar bytes."""
+    if isinstance(source, Path) and source.is_dir():
+        names = {entry.name for entry in source.iterdir()}
+        _check_names(names)
+        for name in names:
+            if not (source / name).is_file() or (source / name).is_symlink():
+                raise BundleError(f"bundle entry {name!r} is not a regular file")
+        return BundleFiles(
+            manifest=(source / MANIFEST).read_bytes(),
+            weights=(source / WEIGHTS).read_bytes(),
+            signature=(source / SIGNATURE).read_bytes(),
+        )
+    data = source.read_bytes() if isinstance(source, Path) else source
+    return _read_tar(data)
+
+
+def _check_names(names: set[str]) -> None:
+    missing = sorted(FILE_NAMES - names)
+    extra = sorted(names - FILE_NAMES)
+    if missing:
+        raise BundleError(f"bundle is missing {', '.join(missing)}")
+    if extra:
+        raise BundleError(f"bundle has unexpected entries: {', '.join(extra)}")
+
+
+def _read_tar(data: bytes) -> BundleFiles:
+    contents: dict[str, bytes] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            members = tar.getmembers()
+            names = [member.name for member in members]
+            if len(set(names)) != len(names):
+                raise BundleError("bundle lists an entry twice")
+            _check_names(set(names))
+            for member in members:
+                if not member.isfile():
+                    raise BundleError(f"bundle entry {member.name!r} is not a regular file")
+                handle = tar.extractfile(member)
+                if handle is None:
+                    raise BundleError(f"bundle entry {member.name!r} cannot be read")
+                contents[member.name] = handle.read()
+                if len(contents[member.name]) != member.size:
+                    raise BundleError(f"bundle entry {member.name!r} is truncated")
+    except (tarfile.TarError, EOFError, OSError, UnicodeDecodeError) as exc:
+        raise BundleError(f"bundle is not a readable tar: {exc}") from None
+    return BundleFiles(
+        manifest=contents[MANIFEST], weights=contents[WEIGHTS], signature=contents[SIGNATURE]
+    )
+
+
+def verify_bundle_files(
+    files: BundleFiles, trusted_keys: Mapping[str, Ed25519PublicKey]
+) -> BundleManifest:
+    """Check key id, signature and weights hash, then parse and return the manifest."""
+    match = _SIGNATURE_LINE.fullmatch(files.signature)
+    if match is None:
+        raise BundleError("bundle signature file is malformed")
+    signer_id = match.group(1).decode()
+    public_key = trusted_keys.get(signer_id)
+    if public_key is None:
+        raise BundleError(
+            f"bundle is signed by an unknown key {signer_id[:16]}…", code="unknown_key"
+        )
+    if len(files.manifest) > MAX_MANIFEST_SIZE:
+        raise BundleError("bundle manifest is too large")
+    try:
+        signature = base64.b64decode(match.group(2), validate=True)
+    except binascii.Error:
+        raise BundleError("bundle signature is not base64") from None
+    try:
+        crypto.verify(public_key, signature, crypto.domain_digest(BUNDLE_DOMAIN, files.manifest))
+    except FedsegError:
+        raise BundleError("bundle signature does not verify", code="bundle_invalid") from None
+    try:
+        manifest = BundleManifest.model_validate_json(files.manifest)
+    except ValidationError as exc:
+        raise BundleError(f"bundle manifest is invalid: {exc.errors()[0]['msg']}") from None
+    if manifest.key_id != signer_id:
+        raise BundleError("bundle manifest names another key than its signature")
+    if hashlib.sha256(files.weights).hexdigest() != manifest.weights_sha256:
+        raise BundleError("bundle weights do not match the manifest's sha256")
+    return manifest
+
+
+def open_bundle(source: Path | bytes, trusted_keys: Mapping[str, Ed25519PublicKey]) -> OpenedBundle:
+    """Verify a bundle completely, then load its tensors. Raises `BundleError`."""
+    files = read_bundle_files(source)
+    manifest = verify_bundle_files(files, trusted_keys)
+    try:
+        tensors = from_safetensors(files.weights)
+        validate_tensors(tensors, manifest.tensors)
+    except FedsegError as exc:
+        raise BundleError(f"bundle weights disagree with the manifest: {exc.message}") from None
+    return OpenedBundle(manifest=manifest, tensors=tensors)

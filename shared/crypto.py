@@ -1,0 +1,248 @@
+"""Small pure cryptographic functions: bytes in, bytes out, no global keys.
+
+- Ed25519 for signatures (bundles, tasks, updates). Callers sign a sha256 digest,
+  not a large payload: Ed25519 would hash a raw payload twice with SHA-512.
+- Sealing to an X25519 public key: an ephemeral X25519 key agreement, HKDF-SHA256
+  with a context string, then AES-256-GCM in 1 MiB chunks (a STREAM construction:
+  the nonce holds a random prefix, the chunk index and a last-chunk flag), so a
+  truncated, reordered or extended ciphertext fails to open, and large payloads
+  stay fast. The caller's associated data is bound into every chunk.
+
+Sealed layout: ``ephemeral_public(32) | nonce_prefix(7) | chunk_0 | ... | chunk_n``,
+each chunk ``ciphertext || tag(16)`` of at most ``CHUNK_SIZE + 16`` bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from pathlib import Path
+from typing import Final
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from shared.errors import ConfigError, IntegrityError
+
+CHUNK_SIZE: Final = 1 << 20
+TAG_SIZE: Final = 16
+NONCE_PREFIX_SIZE: Final = 7
+PUBLIC_KEY_SIZE: Final = 32
+SIGNATURE_SIZE: Final = 64
+SEAL_CONTEXT: Final = b"fedseg/seal/v1"
+_HEADER_SIZE: Final = PUBLIC_KEY_SIZE + NONCE_PREFIX_SIZE
+
+
+# --- Ed25519 -----------------------------------------------------------------------------
+
+
+def generate_signing_key() -> Ed25519PrivateKey:
+    """Make a new Ed25519 signing key."""
+    return Ed25519PrivateKey.generate()
+
+
+def sign(private_key: Ed25519PrivateKey, message: bytes) -> bytes:
+    """Sign ``message`` (normally a sha256 digest); returns 64 bytes."""
+    return private_key.sign(message)
+
+
+def verify(public_key: Ed25519PublicKey, signature: bytes, message: bytes) -> None:
+    """Raise `IntegrityError` unless ``signature`` is ``public_key``'s over ``message``."""
+    try:
+        public_key.verify(signature, message)
+    except InvalidSignature:
+        raise IntegrityError("signature does not verify", code="bad_signature") from None
+
+
+def sha256(data: bytes) -> bytes:
+    """Return the sha256 digest of ``data``."""
+    return hashlib.sha256(data).digest()
+
+
+def domain_digest(domain: bytes, data: bytes) -> bytes:
+    """sha256 of ``domain || 0x00 || data``: what gets signed, per kind of message.
+
+    Separate domains keep a signature over one kind of message (a task, say) from
+    being replayed as another (a bundle).
+    """
+    return hashlib.sha256(domain + b"\x00" + data).digest()
+
+
+# --- key encoding and files --------------------------------------------------------------
+
+
+def public_bytes(key: Ed25519PublicKey | X25519PublicKey) -> bytes:
+    """Raw 32-byte encoding of a public key."""
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def ed25519_public_from_bytes(raw: bytes) -> Ed25519PublicKey:
+    """Parse a raw Ed25519 public key; raise `IntegrityError` when malformed."""
+    if len(raw) != PUBLIC_KEY_SIZE:
+        raise IntegrityError("an Ed25519 public key is 32 bytes", code="malformed_envelope")
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def x25519_public_from_bytes(raw: bytes) -> X25519PublicKey:
+    """Parse a raw X25519 public key; raise `IntegrityError` when malformed."""
+    if len(raw) != PUBLIC_KEY_SIZE:
+        raise IntegrityError("an X25519 public key is 32 bytes", code="malformed_envelope")
+    return X25519PublicKey.from_public_bytes(raw)
+
+
+def private_key_pem(key: Ed25519PrivateKey | X25519PrivateKey) -> bytes:
+    """PKCS#8 PEM of a private key, unencrypted (the file mode protects it)."""
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def x25519_private_from_bytes(raw: bytes) -> X25519PrivateKey:
+    """Parse a raw 32-byte X25519 private key."""
+    return X25519PrivateKey.from_private_bytes(raw)
+
+
+def x25519_private_bytes(key: X25519PrivateKey) -> bytes:
+    """Raw 32-byte encoding of an X25519 private key."""
+    return key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+
+
+def write_secret_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` with mode 0600 from the first byte, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_signing_key(key: Ed25519PrivateKey, path: Path) -> None:
+    """Save an Ed25519 private key as PEM with mode 0600."""
+    write_secret_file(path, private_key_pem(key))
+
+
+def load_signing_key(path: Path) -> Ed25519PrivateKey:
+    """Load an Ed25519 private key saved by `save_signing_key`.
+
+    Refuses a missing file, a key of another type, or a file others can read.
+    """
+    if not path.is_file():
+        raise ConfigError(f"signing key {path} does not exist; create it first")
+    if path.stat().st_mode & 0o077:
+        raise ConfigError(f"signing key {path} is readable by others; run: chmod 600 {path}")
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"{path} does not hold an Ed25519 private key")
+    return key
+
+
+# --- fingerprints ------------------------------------------------------------------------
+
+
+def key_id(public_key: Ed25519PublicKey | X25519PublicKey) -> str:
+    """Stable identifier of a public key: hex sha256 of its raw bytes."""
+    return hashlib.sha256(public_bytes(public_key)).hexdigest()
+
+
+def fingerprint(public_key: Ed25519PublicKey | X25519PublicKey) -> str:
+    """Readable fingerprint for pinning by eye: sha256 of the raw key in groups of four."""
+    digest = key_id(public_key).upper()
+    return " ".join(digest[i : i + 4] for i in range(0, len(digest), 4))
+
+
+# --- sealing -----------------------------------------------------------------------------
+
+
+def generate_sealing_key() -> X25519PrivateKey:
+    """Make a new X25519 key pair for receiving sealed payloads."""
+    return X25519PrivateKey.generate()
+
+
+def _derive_key(shared_secret: bytes, ephemeral: bytes, recipient: bytes, context: bytes) -> bytes:
+    return HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=ephemeral + recipient,
+        info=SEAL_CONTEXT + b"|" + context,
+    ).derive(shared_secret)
+
+
+def _nonce(prefix: bytes, index: int, last: bool) -> bytes:
+    return prefix + index.to_bytes(4, "big") + (b"\x01" if last else b"\x00")
+
+
+def seal(
+    recipient: X25519PublicKey,
+    plaintext: bytes,
+    associated_data: bytes,
+    *,
+    context: bytes = b"",
+) -> bytes:
+    """Encrypt ``plaintext`` so that only ``recipient``'s private key opens it.
+
+    ``associated_data`` is authenticated, not encrypted: opening with any other
+    associated data fails. ``context`` separates uses (it enters the key derivation).
+    """
+    ephemeral = X25519PrivateKey.generate()
+    ephemeral_raw = public_bytes(ephemeral.public_key())
+    key = _derive_key(
+        ephemeral.exchange(recipient), ephemeral_raw, public_bytes(recipient), context
+    )
+    aead = AESGCM(key)
+    prefix = secrets.token_bytes(NONCE_PREFIX_SIZE)
+    view = memoryview(plaintext)
+    parts = [ephemeral_raw, prefix]
+    count = max(1, -(-len(plaintext) // CHUNK_SIZE))
+    for index in range(count):
+        chunk = view[index * CHUNK_SIZE : (index + 1) * CHUNK_SIZE]
+        parts.append(
+            aead.encrypt(_nonce(prefix, index, index == count - 1), chunk, associated_data)
+        )
+    return b"".join(parts)
+
+
+def unseal(
+    private_key: X25519PrivateKey,
+    sealed: bytes,
+    associated_data: bytes,
+    *,
+    context: bytes = b"",
+) -> bytes:
+    """Open a payload made by `seal`; raise `IntegrityError` on any change to any byte."""
+    if len(sealed) < _HEADER_SIZE + TAG_SIZE:
+        raise IntegrityError("sealed payload is truncated", code="truncated")
+    ephemeral_raw = sealed[:PUBLIC_KEY_SIZE]
+    prefix = sealed[PUBLIC_KEY_SIZE:_HEADER_SIZE]
+    recipient_raw = public_bytes(private_key.public_key())
+    try:
+        shared_secret = private_key.exchange(X25519PublicKey.from_public_bytes(ephemeral_raw))
+    except ValueError:
+        raise IntegrityError("sealed payload does not open", code="decryption_failed") from None
+    aead = AESGCM(_derive_key(shared_secret, ephemeral_raw, recipient_raw, context))
+    body = memoryview(sealed)[_HEADER_SIZE:]
+    step = CHUNK_SIZE + TAG_SIZE
+    count = max(1, -(-len(body) // step))
+    out = bytearray()
+    try:
+        for index in range(count):
+            chunk = body[index * step : (index + 1) * step]
+            out += aead.decrypt(_nonce(prefix, index, index == count - 1), chunk, associated_data)
+    except InvalidTag:
+        raise IntegrityError("sealed payload does not open", code="decryption_failed") from None
+    return bytes(out)

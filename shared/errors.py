@@ -1,0 +1,188 @@
+"""The one error vocabulary of fedseg.
+
+Services raise a `FedsegError` subclass with a stable string ``code``; the server
+translates it once, at the edge, into ``application/problem+json`` with that code,
+and the client maps a problem body back to the same class with `error_for_code`.
+The ``http_status`` class attribute is the status the server answers with.
+
+Tree (the HTTP status in brackets)::
+
+    FedsegError [500]
+    ├── InvalidInput [422]          invalid_input, extra_field
+    ├── AuthError [401]             unauthenticated, bad_token, token_revoked
+    │   └── Forbidden [403]         forbidden, wrong_site
+    ├── NotFound [404]              not_found, unknown_run, unknown_site, unknown_round
+    ├── Conflict [409]              conflict, round_not_open, round_closed, update_conflict,
+    │                               stale_round, site_exists, run_state
+    ├── PayloadTooLarge [413]       payload_too_large
+    ├── IntegrityError [400]        bad_signature, decryption_failed, hash_mismatch,
+    │                               malformed_envelope, truncated
+    ├── TensorError [422]           tensor_mismatch, non_finite, base_model_mismatch,
+    │                               bad_num_samples
+    ├── BundleError [400]           bundle_invalid, unknown_key
+    ├── DataError [422]             data_invalid
+    ├── ConfigError [500]           config_invalid
+    └── Unavailable [503]           unavailable
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class FedsegError(Exception):
+    """Base of every error fedseg raises on purpose.
+
+    ``code`` is stable and machine-readable; ``message`` is for people and may change.
+    """
+
+    default_code: ClassVar[str] = "internal"
+    http_status: ClassVar[int] = 500
+    codes: ClassVar[tuple[str, ...]] = ("internal",)
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code or self.default_code
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class InvalidInput(FedsegError):
+    """A request or file does not have the expected shape."""
+
+    default_code = "invalid_input"
+    http_status = 422
+    codes: ClassVar[tuple[str, ...]] = ("invalid_input", "extra_field")
+
+
+class AuthError(FedsegError):
+    """The caller is not authenticated."""
+
+    default_code = "unauthenticated"
+    http_status = 401
+    codes: ClassVar[tuple[str, ...]] = ("unauthenticated", "bad_token", "token_revoked")
+
+
+class Forbidden(AuthError):
+    """The caller is authenticated but may not do this."""
+
+    default_code = "forbidden"
+    http_status = 403
+    codes: ClassVar[tuple[str, ...]] = ("forbidden", "wrong_site")
+
+
+class NotFound(FedsegError):
+    """The thing named does not exist."""
+
+    default_code = "not_found"
+    http_status = 404
+    codes: ClassVar[tuple[str, ...]] = ("not_found", "unknown_run", "unknown_site", "unknown_round")
+
+
+class Conflict(FedsegError):
+    """The request disagrees with the current state."""
+
+    default_code = "conflict"
+    http_status = 409
+    codes: ClassVar[tuple[str, ...]] = (
+        "conflict",
+        "round_not_open",
+        "round_closed",
+        "update_conflict",
+        "stale_round",
+        "site_exists",
+        "run_state",
+    )
+
+
+class PayloadTooLarge(FedsegError):
+    """A body is larger than the server accepts."""
+
+    default_code = "payload_too_large"
+    http_status = 413
+    codes: ClassVar[tuple[str, ...]] = ("payload_too_large",)
+
+
+class IntegrityError(FedsegError):
+    """Bytes failed a signature, hash or authenticated-decryption check."""
+
+    default_code = "bad_signature"
+    http_status = 400
+    codes: ClassVar[tuple[str, ...]] = (
+        "bad_signature",
+        "decryption_failed",
+        "hash_mismatch",
+        "malformed_envelope",
+        "truncated",
+    )
+
+
+class TensorError(FedsegError):
+    """Tensors disagree with the expected spec: names, shapes, dtypes, finiteness."""
+
+    default_code = "tensor_mismatch"
+    http_status = 422
+    codes: ClassVar[tuple[str, ...]] = (
+        "tensor_mismatch",
+        "non_finite",
+        "base_model_mismatch",
+        "bad_num_samples",
+    )
+
+
+class BundleError(FedsegError):
+    """A model bundle is malformed or not signed by a trusted key."""
+
+    default_code = "bundle_invalid"
+    http_status = 400
+    codes: ClassVar[tuple[str, ...]] = ("bundle_invalid", "unknown_key")
+
+
+class DataError(FedsegError):
+    """A site's local data cannot be used."""
+
+    default_code = "data_invalid"
+    http_status = 422
+    codes: ClassVar[tuple[str, ...]] = ("data_invalid",)
+
+
+class ConfigError(FedsegError):
+    """Settings are missing or unsafe; the process refuses to start."""
+
+    default_code = "config_invalid"
+    http_status = 500
+    codes: ClassVar[tuple[str, ...]] = ("config_invalid",)
+
+
+class Unavailable(FedsegError):
+    """A dependency (database, blob store, server) cannot be reached."""
+
+    default_code = "unavailable"
+    http_status = 503
+    codes: ClassVar[tuple[str, ...]] = ("unavailable",)
+
+
+ERROR_CLASSES: tuple[type[FedsegError], ...] = (
+    Forbidden,
+    AuthError,
+    InvalidInput,
+    NotFound,
+    Conflict,
+    PayloadTooLarge,
+    IntegrityError,
+    TensorError,
+    BundleError,
+    DataError,
+    ConfigError,
+    Unavailable,
+)
+
+_BY_CODE: dict[str, type[FedsegError]] = {code: cls for cls in ERROR_CLASSES for code in cls.codes}
+
+
+def error_for_code(code: str, message: str) -> FedsegError:
+    """Rebuild the error a problem body describes; unknown codes become `FedsegError`."""
+    cls = _BY_CODE.get(code, FedsegError)
+    return cls(message, code=code)

@@ -1,0 +1,99 @@
+"""Model registry: a name maps to a MONAI network factory with typed parameters.
+
+Bundles name a model and its parameters as data; the receiver rebuilds the network
+from this registry, never from a class path. ``build`` is deterministic for a seed,
+so the server's round-0 weights can be recreated and checked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from monai.networks.nets.segresnet import SegResNet
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.errors import InvalidInput
+
+IN_CHANNELS = 4  # t1, t1ce, t2, flair
+OUT_CHANNELS = 3  # TC, WT, ET
+
+
+class SegResNetParams(BaseModel):
+    """SegResNet hyper-parameters; defaults are MONAI's BraTS tutorial configuration."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    init_filters: int = Field(default=16, ge=1, le=128)
+    blocks_down: tuple[int, ...] = Field(default=(1, 2, 2, 4), min_length=1, max_length=6)
+    blocks_up: tuple[int, ...] = Field(default=(1, 1, 1), min_length=0, max_length=5)
+    dropout_prob: float = Field(default=0.2, ge=0.0, lt=1.0)
+    in_channels: int = Field(default=IN_CHANNELS, ge=1)
+    out_channels: int = Field(default=OUT_CHANNELS, ge=1)
+
+
+def _segresnet(params: SegResNetParams) -> torch.nn.Module:
+    return SegResNet(
+        spatial_dims=3,
+        init_filters=params.init_filters,
+        in_channels=params.in_channels,
+        out_channels=params.out_channels,
+        blocks_down=params.blocks_down,
+        blocks_up=params.blocks_up,
+        dropout_prob=params.dropout_prob,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEntry:
+    """A registered model: how to validate its parameters and how to build it."""
+
+    params_type: type[SegResNetParams]
+    defaults: Mapping[str, Any]
+    factory: Callable[[SegResNetParams], torch.nn.Module]
+    description: str
+
+
+REGISTRY: dict[str, ModelEntry] = {
+    "segresnet": ModelEntry(
+        SegResNetParams, {}, _segresnet, "MONAI SegResNet, BraTS tutorial configuration (4.7 M)"
+    ),
+    "segresnet-small": ModelEntry(
+        SegResNetParams,
+        {
+            "init_filters": 8,
+            "blocks_down": (1, 1, 1, 1),
+            "blocks_up": (1, 1, 1),
+            "dropout_prob": 0.0,
+        },
+        _segresnet,
+        "a small SegResNet for CPU tests and demos",
+    ),
+}
+
+
+def resolve_params(name: str, params: Mapping[str, Any] | None = None) -> SegResNetParams:
+    """Validate ``params`` for model ``name`` over the model's defaults."""
+    entry = REGISTRY.get(name)
+    if entry is None:
+        raise InvalidInput(f"unknown model {name!r}; known: {', '.join(sorted(REGISTRY))}")
+    try:
+        return entry.params_type.model_validate({**entry.defaults, **(params or {})})
+    except ValidationError as exc:
+        raise InvalidInput(f"invalid parameters for {name}: {exc.errors()[0]['msg']}") from None
+
+
+def build(name: str, params: Mapping[str, Any] | None = None, seed: int = 0) -> torch.nn.Module:
+    """Build model ``name`` with weights drawn deterministically from ``seed``."""
+    resolved = resolve_params(name, params)
+    factory = REGISTRY[name].factory
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return factory(resolved)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

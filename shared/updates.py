@@ -1,0 +1,120 @@
+"""Sealed weight updates: the envelope a site uploads and the server opens.
+
+Layout::
+
+    MAGIC(8) | header_length(u32 big-endian) | header JSON | sealed payload | signature(64)
+
+The header is canonical JSON of `UpdateHeader`, bound to the payload as AEAD
+associated data, so it cannot be swapped. The site signs the sha256 of everything
+before the signature (its *digest*) with its Ed25519 key. The server checks the
+signature before it decrypts anything, and decrypts before it parses any tensor.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from pydantic import ValidationError
+
+from shared import crypto
+from shared.errors import IntegrityError
+from shared.schemas import UpdateHeader, canonical_json
+from shared.tensors import Tensors, from_safetensors, to_safetensors
+
+MAGIC: Final = b"FSEGUPD1"
+UPDATE_CONTEXT: Final = b"fedseg/update/v1"
+MAX_HEADER_SIZE: Final = 64 * 1024
+_PREFIX = struct.Struct(">8sI")
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateEnvelope:
+    """A parsed, not yet verified, update envelope."""
+
+    header: UpdateHeader
+    header_bytes: bytes
+    sealed: bytes
+    signature: bytes
+    digest: bytes
+
+
+def seal_update(
+    header: UpdateHeader,
+    change: Mapping[str, torch.Tensor],
+    *,
+    round_key: X25519PublicKey,
+    site_key: Ed25519PrivateKey,
+) -> bytes:
+    """Serialise, seal and sign a delta; returns the envelope bytes to upload."""
+    payload = to_safetensors(change)
+    return seal_update_payload(header, payload, round_key=round_key, site_key=site_key)
+
+
+def seal_update_payload(
+    header: UpdateHeader,
+    payload: bytes,
+    *,
+    round_key: X25519PublicKey,
+    site_key: Ed25519PrivateKey,
+) -> bytes:
+    """Like `seal_update` for a payload already serialised as safetensors bytes."""
+    header_bytes = canonical_json(header)
+    sealed = crypto.seal(round_key, payload, header_bytes, context=UPDATE_CONTEXT)
+    body = _PREFIX.pack(MAGIC, len(header_bytes)) + header_bytes + sealed
+    return body + crypto.sign(site_key, crypto.sha256(body))
+
+
+def parse_envelope(data: bytes) -> UpdateEnvelope:
+    """Split an envelope into its parts and parse the header; verifies nothing yet."""
+    if len(data) < _PREFIX.size + crypto.SIGNATURE_SIZE:
+        raise IntegrityError("update envelope is truncated", code="truncated")
+    magic, header_length = _PREFIX.unpack_from(data)
+    if magic != MAGIC:
+        raise IntegrityError("not a fedseg update envelope", code="malformed_envelope")
+    if header_length > MAX_HEADER_SIZE:
+        raise IntegrityError("update header is too large", code="malformed_envelope")
+    header_end = _PREFIX.size + header_length
+    if len(data) < header_end + crypto.SIGNATURE_SIZE:
+        raise IntegrityError("update envelope is truncated", code="truncated")
+    header_bytes = data[_PREFIX.size : header_end]
+    try:
+        header = UpdateHeader.model_validate_json(header_bytes)
+    except ValidationError as exc:
+        raise IntegrityError(
+            f"update header is invalid: {exc.errors()[0]['msg']}", code="malformed_envelope"
+        ) from None
+    if canonical_json(header) != header_bytes:
+        raise IntegrityError("update header is not canonical JSON", code="malformed_envelope")
+    body_end = len(data) - crypto.SIGNATURE_SIZE
+    return UpdateEnvelope(
+        header=header,
+        header_bytes=header_bytes,
+        sealed=data[header_end:body_end],
+        signature=data[body_end:],
+        digest=crypto.sha256(data[:body_end]),
+    )
+
+
+def verify_envelope(envelope: UpdateEnvelope, site_key: Ed25519PublicKey) -> None:
+    """Raise `IntegrityError` unless the site's key signed this envelope."""
+    crypto.verify(site_key, envelope.signature, envelope.digest)
+
+
+def unseal_payload(envelope: UpdateEnvelope, round_key: X25519PrivateKey) -> bytes:
+    """Decrypt the payload (safetensors bytes); fails if header or payload changed."""
+    return crypto.unseal(round_key, envelope.sealed, envelope.header_bytes, context=UPDATE_CONTEXT)
+
+
+def open_update(
+    data: bytes, *, site_key: Ed25519PublicKey, round_key: X25519PrivateKey
+) -> tuple[UpdateHeader, Tensors]:
+    """Parse, verify the signature, decrypt, then parse tensors, in that order."""
+    envelope = parse_envelope(data)
+    verify_envelope(envelope, site_key)
+    return envelope.header, from_safetensors(unseal_payload(envelope, round_key))
