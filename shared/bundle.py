@@ -160,11 +160,33 @@ def _read_tar(data: bytes) -> BundleFiles:
                 contents[member.name] = handle.read()
                 if len(contents[member.name]) != member.size:
                     raise BundleError(f"bundle entry {member.name!r} is truncated")
+            _check_tar_layout(data, members)
     except (tarfile.TarError, EOFError, OSError, UnicodeDecodeError) as exc:
         raise BundleError(f"bundle is not a readable tar: {exc}") from None
     return BundleFiles(
         manifest=contents[MANIFEST], weights=contents[WEIGHTS], signature=contents[SIGNATURE]
     )
+
+
+def _check_tar_layout(data: bytes, members: list[tarfile.TarInfo]) -> None:
+    """Refuse bytes a tar reader skips: checksum-field slack, padding, trailing blocks.
+
+    Those bytes are covered by no signature; accepting them would let a changed bundle
+    verify. Each entry must be one plain header block (no extended headers) with the
+    usual checksum field, its data padded with zeros, and the archive end all zeros.
+    """
+    position = 0
+    for member in members:
+        if member.offset != position or member.offset_data != position + tarfile.BLOCKSIZE:
+            raise BundleError(f"bundle entry {member.name!r} has an unexpected tar header")
+        if data[position + 148 : position + 156] != b"%06o\x00 " % member.chksum:
+            raise BundleError(f"bundle entry {member.name!r} has a malformed tar checksum")
+        end = member.offset_data + member.size
+        position = end + (-end % tarfile.BLOCKSIZE)
+        if data[end:position].strip(b"\x00"):
+            raise BundleError(f"bundle entry {member.name!r} has non-zero tar padding")
+    if data[position:].strip(b"\x00"):
+        raise BundleError("bundle tar has data after its entries")
 
 
 def verify_bundle_files(
@@ -186,6 +208,10 @@ def verify_bundle_files(
         signature = base64.b64decode(match.group(2), validate=True)
     except binascii.Error:
         raise BundleError("bundle signature is not base64") from None
+    if base64.b64encode(signature) != match.group(2):
+        # The last character carries 4 unused bits: refuse the 15 other spellings of a
+        # valid signature, so that no changed byte of a bundle ever verifies.
+        raise BundleError("bundle signature is not canonical base64")
     try:
         crypto.verify(public_key, signature, crypto.domain_digest(BUNDLE_DOMAIN, files.manifest))
     except FedsegError:
