@@ -149,10 +149,23 @@ def validate_tensors(tensors: Mapping[str, torch.Tensor], spec: list[TensorSpec]
             raise TensorError(f"tensor {name!r} holds NaN or infinite values", code="non_finite")
 
 
+def _check_same_shapes(
+    tensors: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor]
+) -> None:
+    # Arithmetic would broadcast a mismatch silently, and could even change a shape.
+    for name in sorted(base):
+        if tensors[name].shape != base[name].shape:
+            raise TensorError(
+                f"tensor {name!r} has shape {list(tensors[name].shape)}, "
+                f"expected {list(base[name].shape)}"
+            )
+
+
 def delta(local: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor]) -> Tensors:
     """``local - base`` per tensor; both must have the same names and shapes."""
     if set(local) != set(base):
         raise TensorError("local and base models have different tensor names")
+    _check_same_shapes(local, base)
     return {name: (local[name].detach().cpu() - base[name].detach().cpu()) for name in sorted(base)}
 
 
@@ -162,6 +175,7 @@ def apply_delta(
     """``base + scale * change`` per tensor, in the base tensors' dtypes."""
     if set(change) != set(base):
         raise TensorError("delta and base model have different tensor names")
+    _check_same_shapes(change, base)
     out: Tensors = {}
     for name in sorted(base):
         tensor = base[name].detach().cpu()
