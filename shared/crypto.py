@@ -20,7 +20,7 @@ import secrets
 from pathlib import Path
 from typing import Final
 
-from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -146,7 +146,10 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
         raise ConfigError(f"signing key {path} does not exist; create it first")
     if path.stat().st_mode & 0o077:
         raise ConfigError(f"signing key {path} is readable by others; run: chmod 600 {path}")
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise ConfigError(f"{path} is not an unencrypted PEM private key") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise ConfigError(f"{path} does not hold an Ed25519 private key")
     return key
