@@ -26,7 +26,8 @@ class SegResNetParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    init_filters: int = Field(default=16, ge=1, le=128)
+    # SegResNet normalises with GroupNorm(8 groups): the filters must divide into them.
+    init_filters: int = Field(default=16, ge=8, le=128, multiple_of=8)
     blocks_down: tuple[int, ...] = Field(default=(1, 2, 2, 4), min_length=1, max_length=6)
     blocks_up: tuple[int, ...] = Field(default=(1, 1, 1), min_length=0, max_length=5)
     dropout_prob: float = Field(default=0.2, ge=0.0, lt=1.0)
