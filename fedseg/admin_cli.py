@@ -165,7 +165,8 @@ def _load_config_file(path: Path) -> tuple[str | None, dict[str, Any]]:
     return None, dict(data)
 
 
-def _parse_param(item: str) -> tuple[str, Any]:
+def parse_param(item: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE parsed as JSON when it is JSON (else kept as text)."""
     key, sep, raw = item.partition("=")
     if not sep or not key:
         raise InvalidInput(f"--model-param wants KEY=VALUE, got {item!r}")
@@ -208,7 +209,7 @@ def build_run_config(
         data["sites"] = list(sites)
     if model_params:
         params = dict(data.get("model_params") or {})
-        params.update(dict(_parse_param(item) for item in model_params))
+        params.update(dict(parse_param(item) for item in model_params))
         data["model_params"] = params
     training = {
         "local_steps": local_steps,

@@ -1,0 +1,390 @@
+"""The simulation's figures: Dice per model version and the time split of each round.
+
+Pure functions over what the server reported (rounds with per-site metrics) and what
+each site recorded in its ledger (update headers with timings, receipts), plus the
+in-process evaluation of the final model and the optional central baseline. Writes
+``report.json`` and ``dice.png``; prints the Dice table.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from rich.table import Table
+
+from fedseg.console import dice as fmt_dice
+from fedseg.console import duration, seconds_between
+from shared.schemas import RoundInfo, RunInfo
+
+REGIONS: Final = ("tc", "wt", "et", "mean")
+SiteMetrics = Mapping[str, float]
+
+
+def region_scores(metrics: SiteMetrics) -> dict[str, float] | None:
+    """``{tc, wt, et, mean}`` from metrics named ``dice_tc`` … (None if absent)."""
+    out = {
+        region: float(metrics[f"dice_{region}"])
+        for region in REGIONS
+        if f"dice_{region}" in metrics
+    }
+    if not out:
+        return None
+    if "mean" not in out and all(region in out for region in ("tc", "wt", "et")):
+        out["mean"] = (out["tc"] + out["wt"] + out["et"]) / 3
+    return out
+
+
+def mean_scores(by_site: Mapping[str, Mapping[str, float]]) -> dict[str, float] | None:
+    """Mean of each region over the sites that have it."""
+    if not by_site:
+        return None
+    out: dict[str, float] = {}
+    for region in REGIONS:
+        values = [scores[region] for scores in by_site.values() if region in scores]
+        if values:
+            out[region] = sum(values) / len(values)
+    return out or None
+
+
+def _parse_time(value: object) -> datetime | None:
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    else:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def dice_by_version(
+    run: RunInfo,
+    rounds: Sequence[RoundInfo],
+    final_eval: Mapping[str, SiteMetrics] | None,
+    baseline: Sequence[Mapping[str, SiteMetrics]] | None = None,
+) -> list[dict[str, Any]]:
+    """Dice of each model version on each site's validation split.
+
+    Version ``v`` (the consensus after round ``v``) is what the sites evaluated at
+    the start of round ``v+1``; the last version comes from ``final_eval``.
+    ``baseline[v]`` is the central model after the same number of steps.
+    """
+    by_round = {info.round: info for info in rounds}
+    versions: list[dict[str, Any]] = []
+    for version in range(run.config.rounds + 1):
+        source = "sites"
+        per_site: dict[str, dict[str, float]] = {}
+        evaluated = by_round.get(version + 1)
+        if evaluated is not None:
+            for progress in evaluated.sites:
+                scores = region_scores(progress.metrics)
+                if scores:
+                    per_site[progress.site] = scores
+        elif version == run.config.rounds and final_eval:
+            source = "final-eval"
+            for site, metrics in final_eval.items():
+                scores = region_scores(metrics)
+                if scores:
+                    per_site[site] = scores
+        entry: dict[str, Any] = {
+            "version": version,
+            "source": source,
+            "sites": per_site,
+            "mean": mean_scores(per_site),
+            "baseline": None,
+        }
+        if baseline is not None and version < len(baseline):
+            base_sites = {
+                site: scores
+                for site, metrics in baseline[version].items()
+                if (scores := region_scores(metrics))
+            }
+            entry["baseline"] = {"sites": base_sites, "mean": mean_scores(base_sites)}
+        if per_site or entry["baseline"]:
+            versions.append(entry)
+    return versions
+
+
+def round_timing(
+    info: RoundInfo,
+    headers: Mapping[str, Mapping[str, Any]],
+    receipts: Mapping[str, Mapping[str, Any]],
+) -> dict[str, Any]:
+    """Split one round's wall time into local work and federation overhead.
+
+    The round lasts from ``opened_at`` to ``closed_at``. Its critical path runs
+    through the site whose update arrived last: waiting for the task, download and
+    verify, evaluation, local training, sealing, upload (its header's creation to
+    the server's receipt, less sealing), then the server's aggregation and signing
+    (last receipt to close). Federation overhead = download + verify + seal + upload
+    + aggregate + sign. Waiting covers task polling and process scheduling.
+    """
+    wall = seconds_between(info.opened_at, info.closed_at)
+    sites: dict[str, dict[str, Any]] = {}
+    for site, header in headers.items():
+        metrics = header.get("metrics") or {}
+        received = _parse_time((receipts.get(site) or {}).get("received_at"))
+        created = _parse_time(header.get("created_at"))
+        entry: dict[str, Any] = {
+            "num_samples": header.get("num_samples"),
+            "train_loss": metrics.get("train_loss"),
+            **{key: float(value) for key, value in metrics.items() if key.startswith("time_")},
+            "created_at": created.isoformat() if created else None,
+            "received_at": received.isoformat() if received else None,
+        }
+        upload = seconds_between(created, received)
+        if upload is not None:
+            entry["upload_s"] = max(0.0, upload - _sealing_after_header(metrics))
+        sites[site] = entry
+    timing: dict[str, Any] = {"wall_s": wall, "sites": sites}
+    arrived = [
+        (site, _parse_time(entry["received_at"]))
+        for site, entry in sites.items()
+        if entry.get("received_at")
+    ]
+    if wall is None or not arrived:
+        return timing
+    critical, last_received = max(
+        arrived, key=lambda pair: pair[1] or datetime.min.replace(tzinfo=UTC)
+    )
+    entry = sites[critical]
+    parts = {
+        "download_verify_s": float(entry.get("time_download", 0.0))
+        + float(entry.get("time_verify", 0.0)),
+        "evaluate_s": float(entry.get("time_evaluate", 0.0)),
+        "local_training_s": float(entry.get("time_train", 0.0)),
+        "seal_s": float(entry.get("time_seal", 0.0)),
+        "upload_s": float(entry.get("upload_s", 0.0)),
+        "aggregate_sign_s": max(0.0, seconds_between(last_received, info.closed_at) or 0.0),
+    }
+    overhead = (
+        parts["download_verify_s"] + parts["seal_s"] + parts["upload_s"] + parts["aggregate_sign_s"]
+    )
+    timing.update(
+        critical_site=critical,
+        **parts,
+        waiting_s=max(0.0, wall - sum(parts.values())),
+        federation_overhead_s=overhead,
+        federation_overhead_fraction=overhead / wall if wall > 0 else None,
+    )
+    return timing
+
+
+def _sealing_after_header(metrics: Mapping[str, Any]) -> float:
+    """Sealing time to subtract from header-created-to-receipt (the header precedes sealing)."""
+    value = metrics.get("time_seal")
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
+def build_report(
+    *,
+    run: RunInfo,
+    rounds: Sequence[RoundInfo],
+    headers: Mapping[int, Mapping[str, Mapping[str, Any]]],
+    receipts: Mapping[int, Mapping[str, Mapping[str, Any]]],
+    final_eval: Mapping[str, SiteMetrics] | None,
+    baseline: Sequence[Mapping[str, SiteMetrics]] | None,
+    baseline_steps_per_round: int | None,
+    phases: Mapping[str, float],
+    settings: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Everything ``report.json`` holds."""
+    round_entries: list[dict[str, Any]] = []
+    for info in sorted(rounds, key=lambda item: item.round):
+        timing = round_timing(info, headers.get(info.round, {}), receipts.get(info.round, {}))
+        per_site = {
+            progress.site: scores
+            for progress in info.sites
+            if (scores := region_scores(progress.metrics))
+        }
+        round_entries.append(
+            {
+                "round": info.round,
+                "status": info.status,
+                "opened_at": info.opened_at.isoformat() if info.opened_at else None,
+                "closed_at": info.closed_at.isoformat() if info.closed_at else None,
+                "model_sha256": info.model_sha256,
+                "updates": sorted(
+                    progress.site for progress in info.sites if progress.state == "uploaded"
+                ),
+                "dice_of_received_model": {"sites": per_site, "mean": mean_scores(per_site)},
+                "time": timing,
+            }
+        )
+    fractions = [
+        entry["time"]["federation_overhead_fraction"]
+        for entry in round_entries
+        if entry["time"].get("federation_overhead_fraction") is not None
+    ]
+    return {
+        "format_version": 1,
+        "created_at": datetime.now(UTC).isoformat(),
+        "settings": dict(settings),
+        "run": run.model_dump(mode="json"),
+        "phases_s": dict(phases),
+        "dice_by_version": dice_by_version(run, rounds, final_eval, baseline),
+        "baseline": None
+        if baseline is None
+        else {"steps_per_round": baseline_steps_per_round, "versions": len(baseline)},
+        "rounds": round_entries,
+        "federation_overhead_fraction_mean": sum(fractions) / len(fractions) if fractions else None,
+    }
+
+
+def write_report(report: Mapping[str, Any], path: Path) -> None:
+    """Write ``report.json`` (atomically)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def dice_table(report: Mapping[str, Any]) -> Table:
+    """Validation Dice per model version: the mean over sites, each site, the baseline."""
+    versions = report["dice_by_version"]
+    sites = sorted({site for entry in versions for site in entry["sites"]})
+    has_baseline = any(entry.get("baseline") for entry in versions)
+    table = Table(
+        title="Validation Dice of the consensus model after each round (mean over sites)",
+        title_justify="left",
+    )
+    table.add_column("round", justify="right")
+    for region in ("TC", "WT", "ET", "mean"):
+        table.add_column(region, justify="right")
+    for site in sites:
+        table.add_column(site, justify="right")
+    if has_baseline:
+        table.add_column("central", justify="right")
+    for entry in versions:
+        mean = entry["mean"] or {}
+        label = str(entry["version"]) + (" (init)" if entry["version"] == 0 else "")
+        row = [label, *(fmt_dice(mean.get(region)) for region in REGIONS)]
+        row += [fmt_dice((entry["sites"].get(site) or {}).get("mean")) for site in sites]
+        if has_baseline:
+            baseline = (entry.get("baseline") or {}).get("mean") or {}
+            row.append(fmt_dice(baseline.get("mean")))
+        table.add_row(*row)
+    return table
+
+
+def timing_table(report: Mapping[str, Any]) -> Table:
+    """Each round's wall time: local work against federation overhead."""
+    table = Table(title="Round time (critical path)", title_justify="left")
+    for column in (
+        "round",
+        "wall",
+        "train",
+        "evaluate",
+        "download+verify",
+        "seal",
+        "upload",
+        "aggregate+sign",
+        "waiting",
+        "overhead",
+    ):
+        table.add_column(column, justify="right")
+    for entry in report["rounds"]:
+        time = entry["time"]
+        fraction = time.get("federation_overhead_fraction")
+        table.add_row(
+            str(entry["round"]),
+            duration(time.get("wall_s")),
+            duration(time.get("local_training_s")),
+            duration(time.get("evaluate_s")),
+            _small(time.get("download_verify_s")),
+            _small(time.get("seal_s")),
+            _small(time.get("upload_s")),
+            _small(time.get("aggregate_sign_s")),
+            duration(time.get("waiting_s")),
+            "-" if fraction is None else f"{100 * fraction:.1f}%",
+        )
+    return table
+
+
+def _small(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1000:.0f}ms" if seconds < 1 else f"{seconds:.2f}s"
+
+
+def plot_dice(report: Mapping[str, Any], path: Path) -> None:
+    """``dice.png``: mean Dice per round (each site, their mean, the baseline) and by region."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    versions = report["dice_by_version"]
+    xs = [entry["version"] for entry in versions]
+    sites = sorted({site for entry in versions for site in entry["sites"]})
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    for site in sites:
+        points = [
+            (entry["version"], entry["sites"][site]["mean"])
+            for entry in versions
+            if site in entry["sites"] and "mean" in entry["sites"][site]
+        ]
+        if points:
+            left.plot(*zip(*points, strict=True), marker=".", linewidth=1, alpha=0.6, label=site)
+    mean_points = [
+        (entry["version"], entry["mean"]["mean"])
+        for entry in versions
+        if entry["mean"] and "mean" in entry["mean"]
+    ]
+    if mean_points:
+        left.plot(
+            *zip(*mean_points, strict=True),
+            marker="o",
+            linewidth=2.5,
+            color="black",
+            label="federated (mean)",
+        )
+    base_points = [
+        (entry["version"], entry["baseline"]["mean"]["mean"])
+        for entry in versions
+        if entry.get("baseline") and entry["baseline"].get("mean")
+    ]
+    if base_points:
+        left.plot(
+            *zip(*base_points, strict=True),
+            marker="s",
+            linestyle="--",
+            linewidth=2,
+            color="tab:red",
+            label="central baseline",
+        )
+    left.set(
+        title="Mean Dice on each site's validation split",
+        xlabel="round",
+        ylabel="Dice",
+        ylim=(0, 1),
+    )
+    left.set_xticks(xs)
+    left.grid(alpha=0.3)
+    left.legend(fontsize=8)
+    for region, colour in (("tc", "tab:orange"), ("wt", "tab:green"), ("et", "tab:purple")):
+        points = [
+            (entry["version"], entry["mean"][region])
+            for entry in versions
+            if entry["mean"] and region in entry["mean"]
+        ]
+        if points:
+            right.plot(*zip(*points, strict=True), marker="o", color=colour, label=region.upper())
+    right.set(
+        title="Federated model by region (mean over sites)",
+        xlabel="round",
+        ylabel="Dice",
+        ylim=(0, 1),
+    )
+    right.set_xticks(xs)
+    right.grid(alpha=0.3)
+    right.legend(fontsize=8)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    figure.savefig(tmp, dpi=110)
+    plt.close(figure)
+    tmp.replace(path)
