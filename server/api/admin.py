@@ -1,0 +1,138 @@
+"""Admin and viewer routes: sites, runs, rounds, models and the audit log."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Query
+
+from server.api.deps import PrincipalDep, ServicesDep
+from shared import routes
+from shared.schemas import (
+    AuditEvent,
+    ModelVersion,
+    RoundInfo,
+    RunCreate,
+    RunInfo,
+    SiteCreate,
+    SiteCreated,
+    SiteInfo,
+)
+
+sites = APIRouter(tags=["sites"])
+runs = APIRouter(tags=["runs"])
+audit = APIRouter(tags=["audit"])
+
+_SITE_EXAMPLES = {
+    "hospital": {
+        "summary": "register a hospital",
+        "value": {"name": "charite-berlin", "token_ttl_s": 86400},
+    }
+}
+_RUN_EXAMPLES = {
+    "small": {
+        "summary": "three sites, five rounds of the small model",
+        "value": {
+            "name": "glioma-2026-q1",
+            "config": {
+                "model": "segresnet-small",
+                "rounds": 5,
+                "sites": ["site-a", "site-b", "site-c"],
+                "min_sites": 2,
+                "round_timeout_s": 3600,
+                "training": {"local_steps": 50, "batch_size": 2},
+            },
+        },
+    }
+}
+
+
+@sites.post(routes.SITES, status_code=201, summary="Register a site (admin)")
+async def create_site(
+    request: Annotated[SiteCreate, Body(openapi_examples=_SITE_EXAMPLES)],
+    principal: PrincipalDep,
+    services: ServicesDep,
+) -> SiteCreated:
+    """Returns the site's one-time enrollment token; it is never shown again."""
+    return await services.sites.create(request, principal)
+
+
+@sites.get(routes.SITES, summary="List sites")
+async def list_sites(principal: PrincipalDep, services: ServicesDep) -> list[SiteInfo]:
+    """Every registered site with its status and key fingerprint."""
+    return await services.sites.list_sites(principal)
+
+
+@sites.post(routes.SITE_REVOKE, summary="Revoke a site (admin)")
+async def revoke_site(name: str, principal: PrincipalDep, services: ServicesDep) -> SiteInfo:
+    """The site's credential stops working at once; this cannot be undone."""
+    return await services.sites.revoke(name, principal)
+
+
+@runs.post(routes.RUNS, status_code=201, summary="Create a run (admin)")
+async def create_run(
+    request: Annotated[RunCreate, Body(openapi_examples=_RUN_EXAMPLES)],
+    principal: PrincipalDep,
+    services: ServicesDep,
+) -> RunInfo:
+    """Validates the model and the sites; the run waits in status ``created``."""
+    return await services.runs.create(request, principal)
+
+
+@runs.get(routes.RUNS, summary="List runs")
+async def list_runs(principal: PrincipalDep, services: ServicesDep) -> list[RunInfo]:
+    """Every run, oldest first."""
+    return await services.runs.list_runs(principal)
+
+
+@runs.get(routes.RUN, summary="Get a run")
+async def get_run(run_id: str, principal: PrincipalDep, services: ServicesDep) -> RunInfo:
+    """One run with its configuration and current round."""
+    return await services.runs.get(run_id, principal)
+
+
+@runs.post(routes.RUN_START, summary="Start a run (admin)")
+async def start_run(run_id: str, principal: PrincipalDep, services: ServicesDep) -> RunInfo:
+    """Signs model version 0 and opens round 1."""
+    return await services.runs.start(run_id, principal)
+
+
+@runs.post(routes.RUN_STOP, summary="Stop a run (admin)")
+async def stop_run(run_id: str, principal: PrincipalDep, services: ServicesDep) -> RunInfo:
+    """Cancels the run and its open round."""
+    return await services.runs.stop(run_id, principal)
+
+
+@runs.get(routes.ROUNDS, summary="List a run's rounds")
+async def list_rounds(
+    run_id: str, principal: PrincipalDep, services: ServicesDep
+) -> list[RoundInfo]:
+    """Each round with per-site progress."""
+    return await services.runs.rounds(run_id, principal)
+
+
+@runs.get(routes.ROUND, summary="Get a round with per-site progress")
+async def get_round(
+    run_id: str, round: int, principal: PrincipalDep, services: ServicesDep
+) -> RoundInfo:
+    """Status, deadline, and what each member site has done."""
+    return await services.runs.round(run_id, round, principal)
+
+
+@runs.get(routes.MODELS, summary="List a run's model versions")
+async def list_models(
+    run_id: str, principal: PrincipalDep, services: ServicesDep
+) -> list[ModelVersion]:
+    """Version v is the consensus after round v; version 0 is the initial model."""
+    return await services.runs.models(run_id, principal)
+
+
+@audit.get(routes.AUDIT, summary="Read the audit log")
+async def read_audit(
+    principal: PrincipalDep,
+    services: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    after: Annotated[int, Query(ge=0, description="return events with a larger id")] = 0,
+) -> list[AuditEvent]:
+    """Append-only: who did what, when, to what."""
+    return await services.operations.audit(principal, limit=limit, after=after)

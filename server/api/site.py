@@ -1,0 +1,139 @@
+"""Site routes: enroll, long-poll for tasks, report status, upload updates, fetch bundles."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response
+
+from server.api.deps import PrincipalDep, ServicesDep
+from server.services.publishing import Bundle
+from shared import routes
+from shared.errors import InvalidInput
+from shared.schemas import EnrollRequest, EnrollResponse, StatusReport, TaskPoll, UpdateReceipt
+
+router = APIRouter(tags=["site"])
+bundles = APIRouter(tags=["models"])
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "A sealed update envelope (shared/updates.py format).",
+        "content": {routes.UPDATE_CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+
+
+@router.post(routes.ENROLL, summary="Enroll a site with its one-time token")
+async def enroll(request: EnrollRequest, services: ServicesDep) -> EnrollResponse:
+    """Registers the site's Ed25519 key; returns its credential and the server key to pin."""
+    return await services.sites.enroll(request)
+
+
+@router.get(routes.TASKS_NEXT, summary="Long-poll for the next task")
+async def next_task(
+    principal: PrincipalDep,
+    services: ServicesDep,
+    wait: Annotated[float, Query(ge=0, le=300, description="seconds to wait for a task")] = 0,
+) -> TaskPoll:
+    """A signed task for the oldest open round the site has not sent an update to yet."""
+    return await services.tasks.next_task(principal, wait)
+
+
+@router.post(routes.STATUS, status_code=204, summary="Report progress in a round")
+async def report_status(
+    report: StatusReport, principal: PrincipalDep, services: ServicesDep
+) -> Response:
+    """For dashboards; the protocol does not depend on it."""
+    await services.tasks.report(principal, report)
+    return Response(status_code=204)
+
+
+@router.put(
+    routes.UPDATES,
+    summary="Upload a sealed update (idempotent)",
+    openapi_extra=_UPLOAD_BODY,
+    responses={
+        409: {"description": "round closed or not open, or a different update already sent"},
+        413: {"description": "the body is larger than the server accepts"},
+    },
+)
+async def upload_update(
+    run_id: str, round: int, request: Request, principal: PrincipalDep, services: ServicesDep
+) -> UpdateReceipt:
+    """Checked, stored and counted before the receipt; the same bytes get the same receipt."""
+    declared = request.headers.get("content-length")
+    if declared is not None and not declared.isdigit():
+        raise InvalidInput("Content-Length must be a number")
+    return await services.coordinator.accept_update(
+        principal,
+        run_id,
+        round,
+        request.stream(),
+        int(declared) if declared is not None else None,
+    )
+
+
+@bundles.get(
+    routes.MODEL_BUNDLE,
+    summary="Download a signed model bundle (tar; ETag and Range)",
+    response_class=Response,
+    responses={
+        200: {"content": {routes.BUNDLE_CONTENT_TYPE: {}}, "description": "the bundle"},
+        206: {"description": "the requested byte range"},
+        304: {"description": "not modified (If-None-Match)"},
+        416: {"description": "range not satisfiable"},
+    },
+)
+async def download_bundle(
+    run_id: str,
+    version: int,
+    principal: PrincipalDep,
+    services: ServicesDep,
+    range_header: Annotated[str | None, Header(alias="range")] = None,
+    if_none_match: Annotated[str | None, Header()] = None,
+    if_range: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Bundles never change once signed, so the ETag is the tar's sha256."""
+    resuming = range_header is not None and not range_header.startswith("bytes=0-")
+    bundle = await services.runs.bundle(run_id, version, principal, record=not resuming)
+    response = _bundle_response(bundle, range_header, if_none_match, if_range)
+    services.metrics.bytes_out.inc(int(response.headers.get("content-length", "0")))
+    return response
+
+
+def _bundle_response(
+    bundle: Bundle, range_header: str | None, if_none_match: str | None, if_range: str | None
+) -> Response:
+    etag = f'"{bundle.key}"'
+    headers = {
+        "ETag": etag,
+        "Accept-Ranges": "bytes",
+        "Cache-Control": "private, max-age=31536000, immutable",
+    }
+    if if_none_match is not None and etag in {tag.strip() for tag in if_none_match.split(",")}:
+        return Response(status_code=304, headers=headers)
+    size = len(bundle.data)
+    if range_header is None or (if_range is not None and if_range.strip() != etag):
+        return Response(bundle.data, media_type=routes.BUNDLE_CONTENT_TYPE, headers=headers)
+    match = _RANGE.match(range_header.strip())
+    start: int | None = None
+    end = size - 1
+    if match and (match.group(1) or match.group(2)):
+        if match.group(1):
+            start = int(match.group(1))
+            if match.group(2):
+                end = min(int(match.group(2)), size - 1)
+        else:
+            start = max(0, size - int(match.group(2)))
+    if start is None or start > end or start >= size:
+        return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{size}"})
+    headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    return Response(
+        memoryview(bundle.data)[start : end + 1],
+        status_code=206,
+        media_type=routes.BUNDLE_CONTENT_TYPE,
+        headers=headers,
+    )

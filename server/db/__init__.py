@@ -1,0 +1,1 @@
+"""Database: typed rows, repositories (the only SQL) and migrations."""

@@ -1,0 +1,339 @@
+"""Repositories: the only place with SQL. One `Repository` per transaction.
+
+Methods return rows; the ``*_info`` functions convert rows to wire schemas
+explicitly, so a column rename never leaks onto the wire by accident.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from server.db.models import (
+    AdminTokenRow,
+    AuditEventRow,
+    EnrollmentTokenRow,
+    ModelVersionRow,
+    RoundRow,
+    RunRow,
+    RunSiteRow,
+    SiteProgressRow,
+    SiteRow,
+    UpdateRow,
+)
+from shared.schemas import AuditEvent, ModelVersion, RunConfig, RunInfo, SiteInfo
+
+
+class Repository:
+    """Typed queries over one session; the caller owns the transaction."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def flush(self) -> None:
+        """Send pending inserts so generated ids are known."""
+        await self.session.flush()
+
+    # --- sites -------------------------------------------------------------------------
+
+    async def add_site(self, name: str, now: datetime) -> SiteRow:
+        """Insert a pending site."""
+        row = SiteRow(name=name, status="pending", created_at=now)
+        self.session.add(row)
+        await self.session.flush()
+        return row
+
+    async def site_by_name(self, name: str) -> SiteRow | None:
+        """The site called ``name``, if any."""
+        return await self.session.scalar(select(SiteRow).where(SiteRow.name == name))
+
+    async def site_by_id(self, site_id: int) -> SiteRow | None:
+        """The site with primary key ``site_id``."""
+        return await self.session.get(SiteRow, site_id)
+
+    async def site_by_credential(self, credential_hash: str) -> SiteRow | None:
+        """The site whose credential hashes to ``credential_hash``."""
+        return await self.session.scalar(
+            select(SiteRow).where(SiteRow.credential_hash == credential_hash)
+        )
+
+    async def list_sites(self) -> Sequence[SiteRow]:
+        """Every site, by name."""
+        return (await self.session.scalars(select(SiteRow).order_by(SiteRow.name))).all()
+
+    async def sites_by_names(self, names: Sequence[str]) -> Sequence[SiteRow]:
+        """The sites among ``names`` that exist."""
+        return (await self.session.scalars(select(SiteRow).where(SiteRow.name.in_(names)))).all()
+
+    # --- tokens ------------------------------------------------------------------------
+
+    async def add_enrollment_token(
+        self, *, site_id: int, token_hash: str, now: datetime, expires_at: datetime
+    ) -> None:
+        """Store a one-time enrollment token's hash."""
+        self.session.add(
+            EnrollmentTokenRow(
+                site_id=site_id, token_hash=token_hash, created_at=now, expires_at=expires_at
+            )
+        )
+        await self.session.flush()
+
+    async def enrollment_token(self, token_hash: str) -> EnrollmentTokenRow | None:
+        """The enrollment token with this hash."""
+        return await self.session.scalar(
+            select(EnrollmentTokenRow).where(EnrollmentTokenRow.token_hash == token_hash)
+        )
+
+    async def add_admin_token(
+        self, *, token_hash: str, role: str, label: str, now: datetime
+    ) -> AdminTokenRow:
+        """Store an admin or viewer token's hash."""
+        row = AdminTokenRow(token_hash=token_hash, role=role, label=label, created_at=now)
+        self.session.add(row)
+        await self.session.flush()
+        return row
+
+    async def admin_token(self, token_hash: str) -> AdminTokenRow | None:
+        """The admin token with this hash."""
+        return await self.session.scalar(
+            select(AdminTokenRow).where(AdminTokenRow.token_hash == token_hash)
+        )
+
+    # --- runs --------------------------------------------------------------------------
+
+    async def add_run(self, row: RunRow, site_ids: Sequence[int]) -> None:
+        """Insert a run and its membership."""
+        self.session.add(row)
+        await self.session.flush()
+        self.session.add_all(RunSiteRow(run_id=row.id, site_id=site_id) for site_id in site_ids)
+        await self.session.flush()
+
+    async def run(self, run_id: str) -> RunRow | None:
+        """The run with this id."""
+        return await self.session.get(RunRow, run_id)
+
+    async def list_runs(self) -> Sequence[RunRow]:
+        """Every run, oldest first."""
+        return (
+            await self.session.scalars(select(RunRow).order_by(RunRow.created_at, RunRow.id))
+        ).all()
+
+    async def run_sites(self, run_id: str) -> Sequence[SiteRow]:
+        """The member sites of a run, by name."""
+        query = (
+            select(SiteRow)
+            .join(RunSiteRow, RunSiteRow.site_id == SiteRow.id)
+            .where(RunSiteRow.run_id == run_id)
+            .order_by(SiteRow.name)
+        )
+        return (await self.session.scalars(query)).all()
+
+    async def is_member(self, run_id: str, site_id: int) -> bool:
+        """Whether the site takes part in the run."""
+        row = await self.session.get(RunSiteRow, (run_id, site_id))
+        return row is not None
+
+    async def running_runs_of_site(self, site_id: int) -> Sequence[RunRow]:
+        """Running runs the site is a member of, oldest first."""
+        query = (
+            select(RunRow)
+            .join(RunSiteRow, RunSiteRow.run_id == RunRow.id)
+            .where(RunSiteRow.site_id == site_id, RunRow.status == "running")
+            .order_by(RunRow.started_at, RunRow.id)
+        )
+        return (await self.session.scalars(query)).all()
+
+    # --- rounds ------------------------------------------------------------------------
+
+    async def add_round(self, row: RoundRow) -> RoundRow:
+        """Insert a round."""
+        self.session.add(row)
+        await self.session.flush()
+        return row
+
+    async def round(self, run_id: str, number: int) -> RoundRow | None:
+        """Round ``number`` of a run."""
+        return await self.session.scalar(
+            select(RoundRow).where(RoundRow.run_id == run_id, RoundRow.number == number)
+        )
+
+    async def rounds(self, run_id: str) -> Sequence[RoundRow]:
+        """The rounds of a run, in order."""
+        return (
+            await self.session.scalars(
+                select(RoundRow).where(RoundRow.run_id == run_id).order_by(RoundRow.number)
+            )
+        ).all()
+
+    async def active_rounds(self) -> Sequence[RoundRow]:
+        """Rounds not yet decided (open or aggregating), oldest first."""
+        return (
+            await self.session.scalars(
+                select(RoundRow)
+                .where(RoundRow.status.in_(("open", "aggregating")))
+                .order_by(RoundRow.id)
+            )
+        ).all()
+
+    # --- updates -----------------------------------------------------------------------
+
+    async def update_of(self, round_id: int, site_id: int) -> UpdateRow | None:
+        """The accepted update of a site in a round, if any."""
+        return await self.session.scalar(
+            select(UpdateRow).where(UpdateRow.round_id == round_id, UpdateRow.site_id == site_id)
+        )
+
+    async def add_update(self, row: UpdateRow) -> None:
+        """Insert an accepted update."""
+        self.session.add(row)
+        await self.session.flush()
+
+    async def updates_of_round(self, round_id: int) -> Sequence[UpdateRow]:
+        """Accepted updates of a round, in arrival order."""
+        return (
+            await self.session.scalars(
+                select(UpdateRow).where(UpdateRow.round_id == round_id).order_by(UpdateRow.id)
+            )
+        ).all()
+
+    async def count_updates(self, round_id: int) -> int:
+        """How many updates a round has accepted."""
+        count = await self.session.scalar(
+            select(func.count()).select_from(UpdateRow).where(UpdateRow.round_id == round_id)
+        )
+        return int(count or 0)
+
+    # --- progress ----------------------------------------------------------------------
+
+    async def set_progress(
+        self,
+        *,
+        round_id: int,
+        site_id: int,
+        state: str,
+        message: str | None,
+        metrics: dict[str, float],
+        now: datetime,
+    ) -> None:
+        """Record the latest status a site reported for a round."""
+        row = await self.session.get(SiteProgressRow, (round_id, site_id))
+        if row is None:
+            row = SiteProgressRow(round_id=round_id, site_id=site_id)
+            self.session.add(row)
+        row.state, row.message, row.metrics, row.updated_at = state, message, metrics, now
+        await self.session.flush()
+
+    async def progress_of_round(self, round_id: int) -> Sequence[SiteProgressRow]:
+        """The last reported status of each site in a round."""
+        return (
+            await self.session.scalars(
+                select(SiteProgressRow).where(SiteProgressRow.round_id == round_id)
+            )
+        ).all()
+
+    # --- models ------------------------------------------------------------------------
+
+    async def add_model_version(self, row: ModelVersionRow) -> None:
+        """Insert a signed model version."""
+        self.session.add(row)
+        await self.session.flush()
+
+    async def model_version(self, run_id: str, version: int) -> ModelVersionRow | None:
+        """Version ``version`` of a run's model."""
+        return await self.session.get(ModelVersionRow, (run_id, version))
+
+    async def model_versions(self, run_id: str) -> Sequence[ModelVersionRow]:
+        """Every model version of a run, in order."""
+        return (
+            await self.session.scalars(
+                select(ModelVersionRow)
+                .where(ModelVersionRow.run_id == run_id)
+                .order_by(ModelVersionRow.version)
+            )
+        ).all()
+
+    async def bundle_keys(self) -> set[str]:
+        """Blob keys of every stored bundle (for the in-use check of the blob store)."""
+        return set((await self.session.scalars(select(ModelVersionRow.bundle))).all())
+
+    # --- audit -------------------------------------------------------------------------
+
+    async def audit(
+        self, *, actor: str, action: str, target: str, now: datetime, **detail: Any
+    ) -> None:
+        """Append one audit event."""
+        self.session.add(
+            AuditEventRow(at=now, actor=actor, action=action, target=target, detail=detail)
+        )
+        await self.session.flush()
+
+    async def audit_events(self, *, limit: int, after: int) -> Sequence[AuditEventRow]:
+        """Audit events with id > ``after``, oldest first."""
+        return (
+            await self.session.scalars(
+                select(AuditEventRow)
+                .where(AuditEventRow.id > after)
+                .order_by(AuditEventRow.id)
+                .limit(limit)
+            )
+        ).all()
+
+
+# --- rows -> wire schemas --------------------------------------------------------------
+
+
+def site_info(row: SiteRow) -> SiteInfo:
+    """A site as the admin sees it."""
+    status = row.status if row.status in ("pending", "active", "revoked") else "pending"
+    return SiteInfo(
+        name=row.name,
+        status=status,
+        fingerprint=row.fingerprint,
+        created_at=row.created_at,
+        enrolled_at=row.enrolled_at,
+        last_seen_at=row.last_seen_at,
+    )
+
+
+def run_config(row: RunRow) -> RunConfig:
+    """The validated configuration of a run."""
+    return RunConfig.model_validate(row.config)
+
+
+def run_info(row: RunRow) -> RunInfo:
+    """A run as the admin sees it."""
+    return RunInfo.model_validate(
+        {
+            "id": row.id,
+            "name": row.name,
+            "status": row.status,
+            "config": row.config,
+            "current_round": row.current_round,
+            "created_at": row.created_at,
+            "started_at": row.started_at,
+            "finished_at": row.finished_at,
+        }
+    )
+
+
+def model_version_info(row: ModelVersionRow) -> ModelVersion:
+    """A model version on the wire."""
+    return ModelVersion(
+        run_id=row.run_id, round=row.version, sha256=row.sha256, created_at=row.created_at
+    )
+
+
+def audit_event_info(row: AuditEventRow) -> AuditEvent:
+    """An audit event on the wire."""
+    return AuditEvent(
+        id=row.id,
+        at=row.at,
+        actor=row.actor,
+        action=row.action,
+        target=row.target,
+        detail=dict(row.detail),
+    )

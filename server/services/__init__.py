@@ -1,0 +1,1 @@
+"""Services: the rounds state machine, aggregation, publishing, enrollment. No HTTP here."""

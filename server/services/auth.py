@@ -1,0 +1,120 @@
+"""Bearer tokens and who may do what: admin, viewer (read only) and site (only itself).
+
+Every secret is 256 bits from `secrets`, shown once, and stored as its sha256. A
+prefix names the kind of token, so a lookup goes to the right table and a token
+pasted into the wrong place fails clearly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Final, Literal
+
+from server.db.engine import Database
+from shared.errors import AuthError, Forbidden, InvalidInput
+
+Role = Literal["admin", "viewer", "site"]
+ADMIN_PREFIX: Final = "fsa_"
+SITE_PREFIX: Final = "fss_"
+ENROLL_PREFIX: Final = "fse_"
+LAST_SEEN_EVERY: Final = timedelta(seconds=30)
+
+
+def new_secret(prefix: str) -> str:
+    """A fresh 256-bit token with a kind prefix."""
+    return prefix + secrets.token_urlsafe(32)
+
+
+def hash_secret(token: str) -> str:
+    """What the database stores instead of a token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def now() -> datetime:
+    """The current time, UTC-aware (one place, so every row agrees)."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: a role, a name for the audit log, and the site's id for sites."""
+
+    role: Role
+    name: str
+    site_id: int | None = None
+
+    @property
+    def actor(self) -> str:
+        """How the audit log names the caller."""
+        return f"{self.role}:{self.name}"
+
+    def require_admin(self) -> None:
+        """Only admins may change things."""
+        if self.role != "admin":
+            raise Forbidden("this needs an admin token")
+
+    def require_reader(self) -> None:
+        """Admins and viewers may read."""
+        if self.role not in ("admin", "viewer"):
+            raise Forbidden("this needs an admin or viewer token")
+
+    def require_site(self) -> int:
+        """Only enrolled sites; returns the site's id."""
+        if self.role != "site" or self.site_id is None:
+            raise Forbidden("this needs a site credential")
+        return self.site_id
+
+
+class AuthService:
+    """Turns an ``Authorization`` header into a `Principal`, and mints admin tokens."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        """Check the bearer token; raise `AuthError` with a precise code if it fails."""
+        if not authorization:
+            raise AuthError("an Authorization: Bearer token is required")
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise AuthError("use Authorization: Bearer <token>", code="bad_token")
+        token_hash = hash_secret(token)
+        async with self._db.transaction() as repo:
+            if token.startswith(SITE_PREFIX):
+                site = await repo.site_by_credential(token_hash)
+                if site is None:
+                    raise AuthError("unknown site credential", code="bad_token")
+                if site.status == "revoked":
+                    raise AuthError(f"site {site.name} has been revoked", code="token_revoked")
+                moment = now()
+                if site.last_seen_at is None or moment - site.last_seen_at > LAST_SEEN_EVERY:
+                    site.last_seen_at = moment
+                return Principal(role="site", name=site.name, site_id=site.id)
+            if token.startswith(ADMIN_PREFIX):
+                admin = await repo.admin_token(token_hash)
+                if admin is None:
+                    raise AuthError("unknown admin token", code="bad_token")
+                if admin.revoked_at is not None:
+                    raise AuthError("this admin token has been revoked", code="token_revoked")
+                role: Role = "admin" if admin.role == "admin" else "viewer"
+                return Principal(role=role, name=admin.label)
+        raise AuthError("not a fedseg token", code="bad_token")
+
+    async def create_admin_token(self, *, role: str, label: str, actor: str) -> str:
+        """Mint an admin or viewer token; returns it (the only time it is visible)."""
+        if role not in ("admin", "viewer"):
+            raise InvalidInput("role must be admin or viewer")
+        token = new_secret(ADMIN_PREFIX)
+        moment = now()
+        async with self._db.transaction() as repo:
+            await repo.add_admin_token(
+                token_hash=hash_secret(token), role=role, label=label, now=moment
+            )
+            await repo.audit(
+                actor=actor, action="token.created", target=f"{role}:{label}", now=moment
+            )
+        return token

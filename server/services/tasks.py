@@ -1,0 +1,103 @@
+"""Work orders for sites: the long-poll for the next signed task, and status reports."""
+
+from __future__ import annotations
+
+import asyncio
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from server.db.engine import Database
+from server.db.repositories import run_config
+from server.services.auth import Principal, now
+from server.services.events import Notifier
+from shared import routes
+from shared.errors import Forbidden, InvalidInput, NotFound
+from shared.schemas import StatusReport, Task, TaskPoll
+from shared.tasks import sign_task
+
+RETRY_AFTER_S = 2.0
+
+
+class TaskService:
+    """Finds a site's next round to work on and signs it as a task."""
+
+    def __init__(
+        self, db: Database, signing_key: Ed25519PrivateKey, notifier: Notifier, max_wait_s: float
+    ) -> None:
+        self._db = db
+        self._signing_key = signing_key
+        self._notifier = notifier
+        self._max_wait_s = max_wait_s
+
+    async def next_task(self, site: Principal, wait: float) -> TaskPoll:
+        """The oldest open round the site still owes an update to; waits up to ``wait`` s."""
+        site.require_site()
+        if wait < 0 or wait > self._max_wait_s:
+            raise InvalidInput(f"wait must be between 0 and {self._max_wait_s} seconds")
+        loop = asyncio.get_running_loop()
+        until = loop.time() + wait
+        while True:
+            event = self._notifier.current()
+            poll = await self._poll(site)
+            remaining = until - loop.time()
+            if poll.task is not None or remaining <= 0:
+                return poll
+            await self._notifier.wait(event, remaining)
+
+    async def _poll(self, site: Principal) -> TaskPoll:
+        assert site.site_id is not None
+        async with self._db.transaction() as repo:
+            runs = await repo.running_runs_of_site(site.site_id)
+            for run in runs:
+                if run.current_round is None:
+                    continue
+                row = await repo.round(run.id, run.current_round)
+                if row is None or row.status != "open":
+                    continue
+                if await repo.update_of(row.id, site.site_id) is not None:
+                    continue
+                assert row.model_sha256 and row.public_key and row.deadline
+                config = run_config(run)
+                task = Task(
+                    run_id=run.id,
+                    round=row.number,
+                    site=site.name,
+                    model=config.model,
+                    model_params=dict(config.model_params),
+                    model_sha256=row.model_sha256,
+                    bundle_path=routes.MODEL_BUNDLE.format(run_id=run.id, version=row.number - 1),
+                    upload_path=routes.UPDATES.format(run_id=run.id, round=row.number),
+                    round_public_key=row.public_key,
+                    deadline=row.deadline,
+                    training=config.training,
+                    privacy=config.privacy,
+                    issued_at=now(),
+                )
+                return TaskPoll(
+                    task=sign_task(task, self._signing_key),
+                    active_runs=len(runs),
+                    retry_after_s=0.0,
+                )
+            return TaskPoll(task=None, active_runs=len(runs), retry_after_s=RETRY_AFTER_S)
+
+    async def report(self, site: Principal, report: StatusReport) -> None:
+        """Record where a site is in a round (for the dashboard)."""
+        site_id = site.require_site()
+        async with self._db.transaction() as repo:
+            if await repo.run(report.run_id) is None:
+                raise NotFound(f"run {report.run_id} does not exist", code="unknown_run")
+            if not await repo.is_member(report.run_id, site_id):
+                raise Forbidden(f"this site is not a member of run {report.run_id}")
+            row = await repo.round(report.run_id, report.round)
+            if row is None:
+                raise NotFound(
+                    f"run {report.run_id} has no round {report.round}", code="unknown_round"
+                )
+            await repo.set_progress(
+                round_id=row.id,
+                site_id=site_id,
+                state=report.state,
+                message=report.message,
+                metrics=dict(report.metrics),
+                now=now(),
+            )
