@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
@@ -249,3 +250,49 @@ def unseal(
     except InvalidTag:
         raise IntegrityError("sealed payload does not open", code="decryption_failed") from None
     return bytes(out)
+
+
+def unseal_stream(
+    private_key: X25519PrivateKey,
+    read: Callable[[int], bytes],
+    length: int,
+    associated_data: bytes,
+    *,
+    context: bytes = b"",
+) -> bytearray:
+    """Open a payload made by `seal` of ``length`` bytes, pulled through ``read``.
+
+    Same checks and errors as `unseal`, but the ciphertext is read chunk by chunk
+    (``read`` is a file's ``read``), so memory holds the plaintext once and never
+    the whole ciphertext. The result is a writable buffer tensors can view.
+    """
+    if length < _HEADER_SIZE + TAG_SIZE:
+        raise IntegrityError("sealed payload is truncated", code="truncated")
+    head = read(_HEADER_SIZE)
+    if len(head) != _HEADER_SIZE:
+        raise IntegrityError("sealed payload is truncated", code="truncated")
+    ephemeral_raw, prefix = head[:PUBLIC_KEY_SIZE], head[PUBLIC_KEY_SIZE:]
+    try:
+        shared_secret = private_key.exchange(X25519PublicKey.from_public_bytes(ephemeral_raw))
+    except ValueError:
+        raise IntegrityError("sealed payload does not open", code="decryption_failed") from None
+    recipient_raw = public_bytes(private_key.public_key())
+    aead = AESGCM(_derive_key(shared_secret, ephemeral_raw, recipient_raw, context))
+    body_length = length - _HEADER_SIZE
+    step = CHUNK_SIZE + TAG_SIZE
+    count = max(1, -(-body_length // step))
+    if body_length - count * TAG_SIZE < 0:
+        raise IntegrityError("sealed payload does not open", code="decryption_failed")
+    out = bytearray(body_length - count * TAG_SIZE)
+    position = 0
+    try:
+        for index in range(count):
+            chunk = read(min(step, body_length - index * step))
+            if len(chunk) != min(step, body_length - index * step):
+                raise IntegrityError("sealed payload is truncated", code="truncated")
+            plain = aead.decrypt(_nonce(prefix, index, index == count - 1), chunk, associated_data)
+            out[position : position + len(plain)] = plain
+            position += len(plain)
+    except InvalidTag:
+        raise IntegrityError("sealed payload does not open", code="decryption_failed") from None
+    return out
