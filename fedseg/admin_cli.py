@@ -570,9 +570,12 @@ def models_download(
 
 @app.command("audit")
 def audit(
-    limit: Annotated[int, typer.Option("--limit", min=1, help="Most events to show.")] = 50,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, max=1000, help="Most events to show.")
+    ] = 50,
     after: Annotated[
-        int | None, typer.Option("--after", min=0, help="Only events after this id.")
+        int | None,
+        typer.Option("--after", min=0, help="The events after this id (default: the newest)."),
     ] = None,
     server: ServerOpt = DEFAULT_SERVER,
     token_file: TokenFileOpt = None,
@@ -580,7 +583,9 @@ def audit(
 ) -> None:
     """Read the audit log: who did what, when, to what."""
     with errors_as_messages(), _client(server, token_file) as client:
-        events = client.audit(limit=limit, after=after)
+        events = (
+            client.audit_latest(limit) if after is None else client.audit(limit=limit, after=after)
+        )
     if as_json:
         print_json(events)
     else:

@@ -35,6 +35,7 @@ from shared.schemas import (
 M = TypeVar("M", bound=BaseModel)
 
 DEFAULT_TIMEOUT_S = 30.0
+AUDIT_PAGE = 1000  # the server's largest page
 
 
 def _segment(value: object) -> str:
@@ -246,13 +247,24 @@ class AdminClient:
     # --- audit ----------------------------------------------------------------------------
 
     def audit(self, *, limit: int | None = None, after: int | None = None) -> list[AuditEvent]:
-        """Audit events, oldest first as the server orders them."""
+        """Audit events with an id above ``after``, oldest first (one page)."""
         params: dict[str, int] = {}
         if limit is not None:
             params["limit"] = limit
         if after is not None:
             params["after"] = after
         return self._many(AuditEvent, routes.AUDIT, params=params)
+
+    def audit_latest(self, limit: int, *, page: int = AUDIT_PAGE) -> list[AuditEvent]:
+        """The newest ``limit`` audit events, oldest of them first (pages to the end)."""
+        kept: list[AuditEvent] = []
+        after = 0
+        while True:
+            events = self.audit(limit=page, after=after)
+            kept = (kept + events)[-limit:]
+            if len(events) < page:
+                return kept
+            after = max(event.id for event in events)
 
 
 def _first_error(exc: ValidationError) -> str:

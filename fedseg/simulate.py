@@ -121,7 +121,7 @@ def prepare_workdir(workdir: Path) -> None:
                 "choose another --workdir"
             )
         for entry in workdir.iterdir():
-            if entry.name == MARKER:
+            if entry.name in (MARKER, ".gitignore"):
                 continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
@@ -129,6 +129,8 @@ def prepare_workdir(workdir: Path) -> None:
                 entry.unlink()
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / MARKER).write_text("made by fedseg simulate; its contents are replaced on rerun\n")
+    # Generated data, keys and databases never belong in a repository.
+    (workdir / ".gitignore").write_text("*\n")
 
 
 class Federation:
@@ -382,6 +384,13 @@ class Federation:
                 if site.name in self.children and self.children[site.name].returncode is None
             ]
             if len(alive) < quorum:
+                # Clients leave by themselves once the run is over: look once more.
+                time.sleep(min(interval_s, 1.0))
+                run, rounds = self.poll()
+                if run.status in FINISHED:
+                    if on_update is not None:
+                        on_update(run, rounds)
+                    return run, rounds
                 dead = self.dead_clients()
                 detail = "".join(
                     f"\n--- {child.name} (exit {child.returncode}) ---\n{child.log_tail(12)}"
