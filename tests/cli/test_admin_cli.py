@@ -58,7 +58,9 @@ def test_sites_create_list_revoke(admin, tmp_path):
 def test_token_from_file_or_environment(admin, server, tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text(server.token + "\n")
-    assert admin("sites", "list", "--json", "--token-file", str(token_file), token=None).exit_code == 0
+    assert (
+        admin("sites", "list", "--json", "--token-file", str(token_file), token=None).exit_code == 0
+    )
     init_json = tmp_path / "init.json"  # what `fedseg server init --json` printed
     init_json.write_text(json.dumps({"admin_token": server.token, "data_dir": "x"}))
     assert admin("sites", "list", "--token-file", str(init_json), token=None).exit_code == 0
@@ -79,11 +81,31 @@ def test_runs_create_from_flags_yaml_and_json(admin, tmp_path):
     run = RunInfo.model_validate(
         _json(
             admin(
-                "runs", "create", "--name", "from-flags", "--json",
-                "--model", "segresnet-small", "--rounds", "4",
-                "--site", "flag-a", "--site", "flag-b", "--min-sites", "1",
-                "--local-steps", "7", "--crop-size", "24", "--batch-size", "1",
-                "--round-timeout", "120", "--model-param", "init_filters=8",
+                "runs",
+                "create",
+                "--name",
+                "from-flags",
+                "--json",
+                "--model",
+                "segresnet-small",
+                "--rounds",
+                "4",
+                "--site",
+                "flag-a",
+                "--site",
+                "flag-b",
+                "--min-sites",
+                "1",
+                "--local-steps",
+                "7",
+                "--crop-size",
+                "24",
+                "--batch-size",
+                "1",
+                "--round-timeout",
+                "120",
+                "--model-param",
+                "init_filters=8",
             )
         )
     )
@@ -97,8 +119,12 @@ def test_runs_create_from_flags_yaml_and_json(admin, tmp_path):
     yaml_file = tmp_path / "run.yaml"
     yaml_file.write_text(
         yaml.safe_dump(
-            {"model": "segresnet-small", "rounds": 2, "sites": ["flag-a", "flag-b"],
-             "training": {"local_steps": 3}}
+            {
+                "model": "segresnet-small",
+                "rounds": 2,
+                "sites": ["flag-a", "flag-b"],
+                "training": {"local_steps": 3},
+            }
         )
     )
     from_yaml = RunInfo.model_validate(
@@ -111,7 +137,9 @@ def test_runs_create_from_flags_yaml_and_json(admin, tmp_path):
     json_file.write_text(
         json.dumps({"name": "from-json", "config": {"sites": ["flag-a"], "rounds": 1}})
     )
-    from_json = RunInfo.model_validate(_json(admin("runs", "create", "-c", str(json_file), "--json")))
+    from_json = RunInfo.model_validate(
+        _json(admin("runs", "create", "-c", str(json_file), "--json"))
+    )
     assert from_json.name == "from-json" and from_json.config.sites == ["flag-a"]
 
     listed = [RunInfo.model_validate(r) for r in _json(admin("runs", "list", "--json"))]
@@ -129,8 +157,19 @@ def test_run_lifecycle_models_and_audit(admin, server, tmp_path):
     run = RunInfo.model_validate(
         _json(
             admin(
-                "runs", "create", "--name", "lifecycle", "--site", "life-a", "--site", "life-b",
-                "--rounds", "2", "--local-steps", "1", "--json",
+                "runs",
+                "create",
+                "--name",
+                "lifecycle",
+                "--site",
+                "life-a",
+                "--site",
+                "life-b",
+                "--rounds",
+                "2",
+                "--local-steps",
+                "1",
+                "--json",
             )
         )
     )
@@ -145,13 +184,23 @@ def test_run_lifecycle_models_and_audit(admin, server, tmp_path):
     text = admin("runs", "status", run.id)
     assert text.exit_code == 0 and "life-a" in text.stdout and "open" in text.stdout
 
-    versions = [ModelVersion.model_validate(m) for m in _json(admin("models", "list", run.id, "--json"))]
+    versions = [
+        ModelVersion.model_validate(m) for m in _json(admin("models", "list", run.id, "--json"))
+    ]
     assert [v.round for v in versions] == [0]
 
     out = tmp_path / "v0.tar"
     result = _json(
-        admin("models", "download", run.id, "--out", str(out), "--server-key", str(server.key_file),
-              "--json")
+        admin(
+            "models",
+            "download",
+            run.id,
+            "--out",
+            str(out),
+            "--server-key",
+            str(server.key_file),
+            "--json",
+        )
     )
     assert result["verified"] is True and result["version"] == 0
     key = crypto.load_signing_key(server.key_file).public_key()
@@ -163,19 +212,38 @@ def test_run_lifecycle_models_and_audit(admin, server, tmp_path):
     import base64
 
     raw = base64.b64encode(crypto.public_bytes(key)).decode()
-    text = admin("models", "download", run.id, "--version", "0", "-o", str(tmp_path / "b.tar"),
-                 "--server-key", raw)
+    text = admin(
+        "models",
+        "download",
+        run.id,
+        "--version",
+        "0",
+        "-o",
+        str(tmp_path / "b.tar"),
+        "--server-key",
+        raw,
+    )
     assert text.exit_code == 0 and "Signature verified" in text.stdout
 
     other = tmp_path / "other.pem"
     crypto.save_signing_key(crypto.generate_signing_key(), other)
     _fails(
-        admin("models", "download", run.id, "--out", str(tmp_path / "x.tar"), "--server-key", str(other)),
+        admin(
+            "models",
+            "download",
+            run.id,
+            "--out",
+            str(tmp_path / "x.tar"),
+            "--server-key",
+            str(other),
+        ),
         "unknown_key",
     )
     assert not (tmp_path / "x.tar").exists(), "an unverified bundle was written"
-    _fails(admin("models", "download", run.id, "--version", "7", "--out", str(tmp_path / "y.tar")),
-           "invalid_input")
+    _fails(
+        admin("models", "download", run.id, "--version", "7", "--out", str(tmp_path / "y.tar")),
+        "invalid_input",
+    )
 
     stopped = RunInfo.model_validate(_json(admin("runs", "stop", run.id, "--json")))
     assert stopped.status == "cancelled"
@@ -184,7 +252,9 @@ def test_run_lifecycle_models_and_audit(admin, server, tmp_path):
     last = json.loads(watch.stdout.strip().splitlines()[-1])
     assert last["run"]["status"] == "cancelled"
 
-    events = [AuditEvent.model_validate(e) for e in _json(admin("audit", "--json", "--limit", "500"))]
+    events = [
+        AuditEvent.model_validate(e) for e in _json(admin("audit", "--json", "--limit", "500"))
+    ]
     targets = " ".join(f"{e.action} {e.target}" for e in events)
     assert run.id in targets and "life-a" in targets
     assert events == sorted(events, key=lambda e: e.id)
