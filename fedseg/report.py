@@ -120,10 +120,12 @@ def round_timing(
 
     The round lasts from ``opened_at`` to ``closed_at``. Its critical path runs
     through the site whose update arrived last: waiting for the task, download and
-    verify, evaluation, local training, sealing, upload (its header's creation to
-    the server's receipt, less sealing), then the server's aggregation and signing
-    (last receipt to close). Federation overhead = download + verify + seal + upload
-    + aggregate + sign. Waiting covers task polling and process scheduling.
+    verify (``time_download``), evaluation, local training, computing and serialising
+    the delta (``time_seal``), then from the header's creation to the server's
+    receipt: encryption, signing, the ledger write, the transfer and the server's
+    checks and store (``upload_s``); last the server's aggregation and signing (last
+    receipt to close). Federation overhead = download + verify + seal + upload +
+    aggregate + sign. Waiting covers task polling and process scheduling.
     """
     wall = seconds_between(info.opened_at, info.closed_at)
     sites: dict[str, dict[str, Any]] = {}
@@ -140,7 +142,7 @@ def round_timing(
         }
         upload = seconds_between(created, received)
         if upload is not None:
-            entry["upload_s"] = max(0.0, upload - _sealing_after_header(metrics))
+            entry["upload_s"] = max(0.0, upload)
         sites[site] = entry
     timing: dict[str, Any] = {"wall_s": wall, "sites": sites}
     arrived = [
@@ -174,12 +176,6 @@ def round_timing(
         federation_overhead_fraction=overhead / wall if wall > 0 else None,
     )
     return timing
-
-
-def _sealing_after_header(metrics: Mapping[str, Any]) -> float:
-    """Sealing time to subtract from header-created-to-receipt (the header precedes sealing)."""
-    value = metrics.get("time_seal")
-    return float(value) if isinstance(value, int | float) else 0.0
 
 
 def build_report(

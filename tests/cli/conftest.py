@@ -13,13 +13,6 @@ from fedseg.cli import app
 from fedseg.simulate import Federation, SimulationConfig, prepare_workdir
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for item in items:
-        if here in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.integration)
-
-
 @dataclass(frozen=True)
 class Server:
     url: str

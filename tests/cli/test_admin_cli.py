@@ -6,11 +6,14 @@ import json
 import tarfile
 from io import BytesIO
 
+import pytest
 import yaml
 
 from shared import crypto
 from shared.bundle import open_bundle
 from shared.schemas import AuditEvent, ModelVersion, RoundInfo, RunInfo, SiteCreated, SiteInfo
+
+pytestmark = pytest.mark.integration  # a real server process on loopback
 
 
 def _json(result):
