@@ -1,0 +1,236 @@
+"""The site's state directory: keys, the pinned server key, the credential, the ledger.
+
+Layout (``STATE``)::
+
+    keys/site_ed25519.pem          the site's signing key (0600)
+    server.json                    server URL, pinned server key, its id and fingerprint
+    credentials.json               site name and bearer credential (0600)
+    bundles/<run>/<version>.tar    downloaded model bundles (``.part`` while incomplete)
+    ledger/<run>/<round:04d>/      what left the site in that round:
+        header.json                  the update header (canonical JSON, as sealed)
+        delta.safetensors            the plaintext delta
+        digests.json                 sha256 of the delta and the envelope, clipping
+        update.bin                   the sealed envelope exactly as sent
+        receipt.json                 the server's receipt, once acknowledged
+        dropped.json                 why the update was never accepted (closed round)
+
+``update.bin`` is written last and atomically: its presence means the update for
+that round is final, and a restart re-sends exactly those bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from shared import crypto
+from shared.errors import ConfigError
+
+SITE_KEY: Final = Path("keys/site_ed25519.pem")
+SERVER: Final = Path("server.json")
+CREDENTIALS: Final = Path("credentials.json")
+
+
+class ServerPin(BaseModel):
+    """The server this site enrolled with, and the key it trusts for bundles and tasks."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    server_url: str
+    site: str
+    server_signing_key: str
+    server_key_id: str
+    server_fingerprint: str
+
+    def public_key(self) -> Ed25519PublicKey:
+        """The pinned server key, checked against its stored id."""
+        key = crypto.ed25519_public_from_bytes(base64.b64decode(self.server_signing_key))
+        if crypto.key_id(key) != self.server_key_id:
+            raise ConfigError("server.json is inconsistent: the key does not match its id")
+        return key
+
+
+class Credentials(BaseModel):
+    """The site's bearer credential."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    site: str
+    credential: str
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via temp file, fsync and rename: all or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with tmp.open("wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """The files of one round's update."""
+
+    folder: Path
+
+    @property
+    def header(self) -> Path:
+        """The update header as sealed."""
+        return self.folder / "header.json"
+
+    @property
+    def delta(self) -> Path:
+        """The plaintext delta."""
+        return self.folder / "delta.safetensors"
+
+    @property
+    def digests(self) -> Path:
+        """Hashes of what was shared."""
+        return self.folder / "digests.json"
+
+    @property
+    def update(self) -> Path:
+        """The sealed envelope; written last, its presence makes the update final."""
+        return self.folder / "update.bin"
+
+    @property
+    def receipt(self) -> Path:
+        """The server's receipt."""
+        return self.folder / "receipt.json"
+
+    @property
+    def dropped(self) -> Path:
+        """Why a sealed update was never accepted."""
+        return self.folder / "dropped.json"
+
+    @property
+    def sealed(self) -> bool:
+        """An update for this round is final (and must be re-sent byte for byte)."""
+        return self.update.is_file()
+
+    @property
+    def settled(self) -> bool:
+        """Acknowledged by the server, or dropped because its round closed."""
+        return self.receipt.is_file() or self.dropped.is_file()
+
+
+@dataclass(frozen=True, slots=True)
+class StateDir:
+    """Typed paths into a site's state directory."""
+
+    root: Path
+
+    @property
+    def site_key_path(self) -> Path:
+        """The site's Ed25519 signing key."""
+        return self.root / SITE_KEY
+
+    @property
+    def server_path(self) -> Path:
+        """The pinned server."""
+        return self.root / SERVER
+
+    @property
+    def credentials_path(self) -> Path:
+        """The bearer credential."""
+        return self.root / CREDENTIALS
+
+    def bundle_path(self, run_id: str, version: int) -> Path:
+        """Where the bundle of ``version`` of a run is downloaded."""
+        return self.root / "bundles" / _safe(run_id) / f"{version:04d}.tar"
+
+    def ledger(self, run_id: str, round_number: int) -> LedgerEntry:
+        """The ledger folder of one round."""
+        return LedgerEntry(self.root / "ledger" / _safe(run_id) / f"{round_number:04d}")
+
+    def ledger_entries(self) -> list[tuple[str, int, LedgerEntry]]:
+        """Every ledger entry as (run id, round, entry), oldest round first."""
+        out = []
+        base = self.root / "ledger"
+        if not base.is_dir():
+            return []
+        for run in sorted(p for p in base.iterdir() if p.is_dir()):
+            for folder in sorted(p for p in run.iterdir() if p.is_dir() and p.name.isdigit()):
+                out.append((run.name, int(folder.name), LedgerEntry(folder)))
+        return out
+
+    @property
+    def enrolled(self) -> bool:
+        """Whether enrollment finished (credential and pin both stored)."""
+        return self.credentials_path.is_file() and self.server_path.is_file()
+
+    def load_pin(self) -> ServerPin:
+        """The pinned server; a clear error when the site has not enrolled."""
+        return ServerPin.model_validate(self._read_json(self.server_path))
+
+    def load_credentials(self) -> Credentials:
+        """The stored credential; refuses a file others can read."""
+        path = self.credentials_path
+        if path.is_file() and path.stat().st_mode & 0o077:
+            raise ConfigError(f"{path} is readable by others; run: chmod 600 {path}")
+        return Credentials.model_validate(self._read_json(path))
+
+    def load_site_key(self) -> Ed25519PrivateKey:
+        """The site's signing key (mode 0600 enforced)."""
+        return crypto.load_signing_key(self.site_key_path)
+
+    def _read_json(self, path: Path) -> dict[str, Any]:
+        if not path.is_file():
+            raise ConfigError(
+                f"{path} does not exist: enroll this site first "
+                f"(fedseg client enroll --server URL --token T --state-dir {self.root})"
+            )
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} does not hold a JSON object")
+        return data
+
+    def save_enrollment(self, pin: ServerPin, credentials: Credentials) -> None:
+        """Store the pin (readable) and the credential (0600)."""
+        write_atomic(self.server_path, pin.model_dump_json(indent=2).encode())
+        crypto.write_secret_file(
+            self.credentials_path, credentials.model_dump_json(indent=2).encode()
+        )
+
+
+def _safe(name: str) -> str:
+    """A run id as a single path component (ids come from the server: never trust them)."""
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    if cleaned in {"", ".", ".."}:
+        raise ConfigError(f"unusable run id {name!r}")
+    return cleaned
+
+
+def validate_model(model: type[BaseModel], data: bytes) -> BaseModel:
+    """Parse JSON bytes into ``model``; a `ConfigError` on damage."""
+    try:
+        return model.model_validate_json(data)
+    except ValidationError as exc:
+        raise ConfigError(f"stored {model.__name__} is invalid: {exc.errors()[0]['msg']}") from None
