@@ -224,7 +224,7 @@ class Harness:
 
     def seal(
         self,
-        site: Site,
+        sender: Site,
         task: Task,
         change: Tensors,
         *,
@@ -236,7 +236,7 @@ class Harness:
         values: dict[str, Any] = {
             "run_id": task.run_id,
             "round": task.round,
-            "site": site.name,
+            "site": sender.name,
             "base_model_sha256": task.model_sha256,
             "num_samples": num_samples,
             "metrics": {"dice_mean": 0.5, "train_loss": 0.7},
@@ -245,7 +245,7 @@ class Harness:
         values.update(header)
         key = round_key or crypto.x25519_public_from_bytes(base64.b64decode(task.round_public_key))
         return seal_update(
-            UpdateHeader(**values), change, round_key=key, site_key=signer or site.key
+            UpdateHeader(**values), change, round_key=key, site_key=signer or sender.key
         )
 
     async def upload(
