@@ -29,5 +29,14 @@ test: lint typecheck
 unit: install
 	$(BIN)/pytest tests/unit
 
+# Every wheel the images need, for linux x86_64 CPython 3.11 (Debian bookworm's python3),
+# into ./wheelhouse: the images install with pip --no-index (docker/wheelhouse.sh).
+wheelhouse: install
+	PIP=$(BIN)/pip PYTHON=$(BIN)/python TORCH="$(TORCH)" docker/wheelhouse.sh
+
+# Real images and compose on a Docker engine (started here if none runs; needs root).
+test-docker: wheelhouse
+	FEDSEG_WHEELHOUSE_READY=1 $(BIN)/pytest -m docker tests/docker
+
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache
