@@ -1,0 +1,248 @@
+"""Discovery of every layout, the deterministic split, and check-data on broken cases."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from typer.testing import CliRunner
+
+from client.data import MODALITIES, Case, check_dataset, discover, split_cases, valid_cases
+from client.training import load_site_data
+from fedseg.client_cli import app
+
+SHAPE = (12, 12, 10)
+
+
+def write(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+def volume(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    data = np.zeros(SHAPE, np.float32)
+    data[2:10, 2:10, 2:8] = rng.uniform(100, 200, (8, 8, 6))
+    return data
+
+
+def label(codes: tuple[int, int, int] = (1, 2, 4)) -> np.ndarray:
+    data = np.zeros(SHAPE, np.uint8)
+    data[3:9, 3:9, 3:7] = codes[1]
+    data[4:8, 4:8, 4:6] = codes[2]
+    data[5:7, 5:7, 4:5] = codes[0]
+    return data
+
+
+def brats_case(
+    folder: Path, case_id: str, names=MODALITIES, codes=(1, 2, 4), sep: str = "_"
+) -> Path:
+    for index, name in enumerate(names):
+        write(folder / case_id / f"{case_id}{sep}{name}.nii.gz", volume(index) * (index + 1))
+    write(folder / case_id / f"{case_id}{sep}seg.nii.gz", label(codes))
+    return folder / case_id
+
+
+def test_brats2018_layout(tmp_path: Path) -> None:
+    brats_case(tmp_path / "HGG", "Brats18_A_1")
+    brats_case(tmp_path / "LGG", "Brats18_B_1")
+    dataset = discover(tmp_path)
+    assert dataset.layout == "brats2018"
+    assert [c.case_id for c in dataset.cases] == ["Brats18_A_1", "Brats18_B_1"]
+    assert dataset.cases[0].images[1].name == "Brats18_A_1_t1ce.nii.gz"
+
+
+def test_brats2021_and_2023_names(tmp_path: Path) -> None:
+    brats_case(tmp_path, "BraTS2021_00001")
+    brats_case(
+        tmp_path,
+        "BraTS-GLI-00002-000",
+        names=("t1n", "t1c", "t2w", "t2f"),
+        codes=(1, 2, 3),
+        sep="-",
+    )
+    dataset = discover(tmp_path)
+    assert dataset.layout == "brats2021"
+    by_id = {case.case_id: case for case in dataset.cases}
+    old, new = by_id["BraTS2021_00001"], by_id["BraTS-GLI-00002-000"]
+    assert [p.name.rsplit("-", 1)[1] for p in new.images] == [
+        "t1n.nii.gz",
+        "t1c.nii.gz",
+        "t2w.nii.gz",
+        "t2f.nii.gz",
+    ]
+    assert new.label_map[3] == 4 and old.label_map[4] == 4
+    report = check_dataset(tmp_path)
+    assert report.ok, report.as_dict()
+    # both conventions give the same regions after loading
+    data = load_site_data(dataset.cases)
+    a, b = (data.volumes[c.case_id].label for c in (old, new))
+    assert torch.equal(a, b) and a.shape[0] == 3
+
+
+def msd_dataset(root: Path, n: int = 3) -> None:
+    (root / "imagesTr").mkdir(parents=True)
+    entries = []
+    for i in range(n):
+        # MSD channel order: FLAIR, T1w, T1gd, T2w; labels 1 edema, 2 non-enhancing, 3 enhancing
+        channels = [volume(3) * 4, volume(0) * 1, volume(1) * 2, volume(2) * 3]
+        write(root / "imagesTr" / f"BRATS_{i:03d}.nii.gz", np.stack(channels, axis=-1))
+        msd = label((2, 1, 3))
+        write(root / "labelsTr" / f"BRATS_{i:03d}.nii.gz", msd)
+        entries.append(
+            {
+                "image": f"./imagesTr/BRATS_{i:03d}.nii.gz",
+                "label": f"./labelsTr/BRATS_{i:03d}.nii.gz",
+            }
+        )
+    document = {
+        "name": "BRATS",
+        "modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
+        "labels": {
+            "0": "background",
+            "1": "edema",
+            "2": "non-enhancing tumor",
+            "3": "enhancing tumour",
+        },
+        "training": entries,
+        "test": [],
+    }
+    (root / "dataset.json").write_text(json.dumps(document))
+
+
+def test_msd_layout_maps_channels_and_labels(tmp_path: Path) -> None:
+    msd_dataset(tmp_path / "msd")
+    brats_case(tmp_path / "brats", "ref")
+    dataset = discover(tmp_path / "msd")
+    assert dataset.layout == "msd" and len(dataset.cases) == 3
+    case = dataset.cases[0]
+    assert case.is_4d and case.channel_index == (1, 2, 3, 0)
+    assert case.label_map == {0: 0, 1: 2, 2: 1, 3: 4}
+    assert check_dataset(tmp_path / "msd").ok
+    msd = load_site_data([case]).volumes[case.case_id]
+    ref_case = discover(tmp_path / "brats").cases[0]
+    ref = load_site_data([ref_case]).volumes["ref"]
+    assert torch.equal(msd.label, ref.label)  # same TC/WT/ET after label mapping
+    assert torch.allclose(msd.image, ref.image, atol=1e-5)  # same canonical channel order
+
+
+def test_datalist_json(tmp_path: Path) -> None:
+    brats_case(tmp_path / "data", "c1")
+    brats_case(tmp_path / "data", "c2")
+    order = ("flair", "t1ce", "t1", "t2")  # as in MONAI's brats21 datalist
+    datalist = {
+        "training": [
+            {
+                "image": [f"data/{c}/{c}_{m}.nii.gz" for m in order],
+                "label": f"data/{c}/{c}_seg.nii.gz",
+                "fold": 0,
+            }
+            for c in ("c1", "c2")
+        ]
+    }
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps(datalist))
+    dataset = discover(path)
+    assert dataset.layout == "datalist"
+    assert [c.case_id for c in dataset.cases] == ["c1", "c2"]
+    assert [p.name for p in dataset.cases[0].images] == [f"c1_{m}.nii.gz" for m in MODALITIES]
+    assert check_dataset(path).ok
+
+
+def test_split_is_deterministic_and_stable() -> None:
+    cases = [Case(case_id=f"case{i}", images=(None,), label=None) for i in range(40)]
+    train, val = split_cases(cases, 0.25, seed=1)
+    assert len(train) + len(val) == 40 and 4 <= len(val) <= 18
+    again = split_cases(list(reversed(cases)), 0.25, seed=1)
+    assert {c.case_id for c in again[1]} == {c.case_id for c in val}
+    fewer = split_cases(cases[:30], 0.25, seed=1)  # a case keeps its side
+    assert {c.case_id for c in fewer[1]} == {c.case_id for c in val if c in cases[:30]}
+    assert {c.case_id for c in split_cases(cases, 0.25, seed=2)[1]} != {c.case_id for c in val}
+    two = split_cases(cases[:2], 0.01, seed=0)
+    assert len(two[0]) == 1 and len(two[1]) == 1
+
+
+BROKEN = {
+    "missing_modality": "t2: missing modality",
+    "missing_label": "label: missing segmentation",
+    "shape_mismatch": "t1ce: shape",
+    "affine_mismatch": "flair: affine differs",
+    "non_finite": "t1: holds NaN",
+    "label_values": "label: values [3]",
+    "empty_volume": "t2: empty volume",
+    "truncated": "flair: unreadable or truncated",
+    "garbage": "t1: unreadable",
+    "four_d_modality": "t1ce: expected 3-D",
+}
+
+
+def break_case(folder: Path, kind: str) -> None:
+    name = folder.name
+    path = lambda m: folder / f"{name}_{m}.nii.gz"  # noqa: E731
+    if kind == "missing_modality":
+        path("t2").unlink()
+    elif kind == "missing_label":
+        path("seg").unlink()
+    elif kind == "shape_mismatch":
+        write(path("t1ce"), np.ones((12, 12, 9), np.float32))
+    elif kind == "affine_mismatch":
+        write(path("flair"), volume(3), np.diag([2.0, 1.0, 1.0, 1.0]))
+    elif kind == "non_finite":
+        data = volume(0)
+        data[5, 5, 5] = np.nan
+        write(path("t1"), data)
+    elif kind == "label_values":
+        data = label()
+        data[0, 0, 0] = 3
+        write(path("seg"), data)
+    elif kind == "empty_volume":
+        write(path("t2"), np.zeros(SHAPE, np.float32))
+    elif kind == "truncated":
+        raw = path("flair").read_bytes()
+        path("flair").write_bytes(raw[: len(raw) // 2])
+    elif kind == "garbage":
+        path("t1").write_bytes(gzip.compress(b"not a nifti file at all" * 20))
+    elif kind == "four_d_modality":
+        write(path("t1ce"), np.ones((*SHAPE, 2), np.float32))
+
+
+def test_check_data_lists_every_broken_case(tmp_path: Path) -> None:
+    brats_case(tmp_path, "good_1")
+    brats_case(tmp_path, "good_2")
+    for kind in BROKEN:
+        break_case(brats_case(tmp_path, kind), kind)
+    report = check_dataset(tmp_path, min_cases=2)
+    by_id = {case.case_id: case for case in report.cases}
+    assert by_id["good_1"].valid and by_id["good_2"].valid
+    for kind, expected in BROKEN.items():
+        problems = by_id[kind].problems
+        assert any(expected in p for p in problems), (kind, problems)
+    assert report.valid_cases == 2 and report.ok
+    assert not check_dataset(tmp_path, min_cases=3).ok
+    cases, _ = valid_cases(tmp_path, min_cases=2)
+    assert sorted(c.case_id for c in cases) == ["good_1", "good_2"]
+
+
+def test_check_data_cli_exit_codes(tmp_path: Path) -> None:
+    runner = CliRunner()
+    brats_case(tmp_path, "good_1")
+    bad = brats_case(tmp_path, "bad_1")
+    break_case(bad, "truncated")
+    result = runner.invoke(app, ["check-data", str(tmp_path), "--json"])
+    assert result.exit_code == 1, result.output
+    document = json.loads(result.stdout)
+    assert document["valid_cases"] == 1 and not document["ok"]
+    result = runner.invoke(app, ["check-data", str(tmp_path), "--min-cases", "1"])
+    assert result.exit_code == 0 and "bad_1" in result.stdout and "truncated" in result.stdout
+    result = runner.invoke(app, ["check-data", str(tmp_path / "missing")])
+    assert result.exit_code == 1 and "does not exist" in result.output
+    shutil.rmtree(tmp_path)
+    tmp_path.mkdir()
+    result = runner.invoke(app, ["check-data", str(tmp_path)])
+    assert result.exit_code == 1 and "no cases found" in result.output
