@@ -189,7 +189,9 @@ def load_site_data(cases: Sequence[Case], *, workers: int = 0) -> SiteData:
     dataset = CacheDataset(
         data=[case.transform_dict() for case in cases],
         transform=preprocessing(),
-        num_workers=workers or None,
+        # One worker unless asked: MONAI's threaded cache fill races in LoadImaged (a case
+        # sometimes gets a 1-channel image), which crashes one client in three on 2 cores.
+        num_workers=max(1, workers),
         progress=False,
         copy_cache=False,
     )
