@@ -75,12 +75,18 @@ def create_app(settings: Settings) -> FastAPI:
             limits=UploadLimits(
                 max_bytes=settings.max_update_bytes,
                 verify_concurrency=settings.verify_concurrency,
+                build_models_in_subprocess=settings.build_models_in_subprocess,
             ),
         )
         app.state.services = Services(
             auth=AuthService(db),
             sites=SiteService(db, signing_key.public_key()),
-            runs=RunService(db, blobs, coordinator),
+            runs=RunService(
+                db,
+                blobs,
+                coordinator,
+                check_in_subprocess=settings.build_models_in_subprocess,
+            ),
             coordinator=coordinator,
             tasks=TaskService(db, signing_key, notifier, settings.max_wait_s),
             operations=OperationsService(db, blobs),

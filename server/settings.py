@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     tick_s: float = Field(default=0.5, gt=0, le=60)
     verify_concurrency: int = Field(default=1, ge=1, le=64)
     build_models_in_subprocess: bool = Field(
-        default=False,
+        default=True,
         description="build initial weights in a child process, keeping MONAI out of the server",
     )
 

@@ -43,6 +43,7 @@ from server.services.envelopes import (
 )
 from server.services.events import Notifier
 from server.services.keys import RoundKeys
+from server.services.model_worker import run_worker
 from server.services.publishing import (
     Bundle,
     build_bundle,
@@ -71,10 +72,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class UploadLimits:
-    """How much the server accepts and how many updates it opens at once."""
+    """How much the server accepts, how many updates it opens at once, where models build."""
 
     max_bytes: int
     verify_concurrency: int = 1
+    build_models_in_subprocess: bool = False
 
 
 @dataclass(slots=True)
@@ -158,7 +160,7 @@ class Coordinator:
                 ]
             if revoked:
                 raise Conflict(f"sites {', '.join(revoked)} are revoked", code="run_state")
-            bundle = await to_thread.run_sync(self._initial_bundle, run_id, config)
+            bundle = await self._initial_bundle(run_id, config)
             await to_thread.run_sync(self._blobs.put_bytes, bundle.data)
             moment = now()
             key = self._keys.create(run_id, 1)
@@ -180,13 +182,26 @@ class Coordinator:
             self._live[row.id] = _live_round(row, config, members, key, bundle)
         self._notifier.notify()
 
-    def _initial_bundle(self, run_id: str, config: RunConfig) -> Bundle:
-        return build_bundle(
-            run_id=run_id,
-            version=0,
-            config=config,
-            tensors=initial_weights(config),
-            signing_key=self._signing_key,
+    async def _initial_bundle(self, run_id: str, config: RunConfig) -> Bundle:
+        """Round-0 weights, built in a child process when so configured, then signed."""
+        if self._limits.build_models_in_subprocess:
+            temp = self._blobs.new_temp_path()
+            try:
+                await run_worker("build", config, temp)
+                buffer = bytearray(await to_thread.run_sync(temp.read_bytes))
+            finally:
+                temp.unlink(missing_ok=True)
+            tensors = tensors_from_buffer(buffer)
+        else:
+            tensors = await to_thread.run_sync(initial_weights, config)
+        return await to_thread.run_sync(
+            lambda: build_bundle(
+                run_id=run_id,
+                version=0,
+                config=config,
+                tensors=tensors,
+                signing_key=self._signing_key,
+            )
         )
 
     async def _open_round(
@@ -276,11 +291,13 @@ class Coordinator:
             live = self.live_round(run_id, number)
             if live is None:
                 raise Conflict(f"round {number} of {run_id} is closed", code="round_closed")
+            # One plaintext in memory per permit: the permit is held until the update is
+            # in the sum, so memory stays O(model) however many uploads arrive at once.
             async with self._verify:
                 tensors = await to_thread.run_sync(self._open, body, envelope, site_key, live)
-            await to_thread.run_sync(self._blobs.put_file, temp, body.sha256)
-            async with live.lock:
-                return await self._commit(live, site, site_id, body, envelope, tensors)
+                await to_thread.run_sync(self._blobs.put_file, temp, body.sha256)
+                async with live.lock:
+                    return await self._commit(live, site, site_id, body, envelope, tensors)
         finally:
             temp.unlink(missing_ok=True)
 

@@ -111,6 +111,7 @@ def make_settings(data_dir: Path, database_url: str, **overrides: Any) -> Settin
         "tick_s": 0.05,
         "max_update_bytes": 1024 * 1024,
         "max_wait_s": 5.0,
+        "build_models_in_subprocess": False,  # MONAI is already imported here
     }
     values.update(overrides)
     return Settings(**values)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from shared import crypto, routes
@@ -188,3 +190,33 @@ async def test_openapi_has_tags_summaries_and_examples(harness: Harness) -> None
     assert routes.UPDATES in spec["paths"] and routes.MODEL_BUNDLE in spec["paths"]
     create_site = spec["paths"][routes.SITES]["post"]
     assert create_site["requestBody"]["content"]["application/json"]["examples"]
+
+
+@pytest.mark.slow
+async def test_models_build_in_a_child_process(tmp_path) -> None:
+    """The production default keeps MONAI out of the server: check and build in a child."""
+    import httpx
+
+    from server.app import create_app
+    from server.bootstrap import init_data_dir
+    from tests.api.conftest import make_settings
+
+    database_url = (
+        f"sqlite+aiosqlite:///{tmp_path / 'child.db'}"  # the database is beside the point
+    )
+    settings = make_settings(tmp_path / "child", database_url, build_models_in_subprocess=True)
+    token = (await asyncio.to_thread(init_data_dir, settings)).admin_token
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            harness = Harness(app, client, settings, token)
+            site = await harness.add_site("site-a")
+            bad = {
+                "name": "r",
+                "config": {"sites": ["site-a"], "model_params": {"init_filters": 0}},
+            }
+            answer = await client.post(routes.RUNS, json=bad, headers=harness.admin)
+            assert answer.status_code == 422 and answer.json()["code"] == "invalid_input"
+            run_id = await harness.create_run([site], rounds=1)
+            assert len(await harness.model(run_id, 0)) == 11  # the tiny model's tensors

@@ -1,0 +1,69 @@
+"""Build or check a registry model in a child process: keeps MONAI out of the server.
+
+Importing MONAI and building a network costs the long-running server ~100 MB of
+RSS it would never give back; a short-lived child pays it instead. Protocol: a
+JSON request on stdin (``mode`` check|build, ``model``, ``model_params``,
+``seed``, ``out``); exit 0 on success (build writes safetensors bytes to ``out``),
+exit 3 with the message on stderr when the model or its parameters are invalid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from shared.errors import InvalidInput, Unavailable
+from shared.schemas import RunConfig
+
+INVALID_EXIT = 3
+
+
+async def run_worker(mode: str, config: RunConfig, out: Path | None = None) -> None:
+    """Run the child; raise `InvalidInput` for a bad model, `Unavailable` if it crashes."""
+    request = json.dumps(
+        {
+            "mode": mode,
+            "model": config.model,
+            "model_params": config.model_params,
+            "seed": config.seed,
+            "out": str(out) if out else None,
+        }
+    ).encode()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "server.services.model_worker",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await process.communicate(request)
+    if process.returncode == INVALID_EXIT:
+        raise InvalidInput(stderr.decode().strip() or "invalid model")
+    if process.returncode != 0:
+        raise Unavailable(f"model worker failed: {stderr.decode()[-500:]}")
+
+
+def _main() -> int:
+    import torch
+
+    from shared import models
+    from shared.tensors import state_tensors, to_safetensors
+
+    torch.set_num_threads(1)
+    request = json.loads(sys.stdin.read())
+    try:
+        models.resolve_params(request["model"], request["model_params"])
+        if request["mode"] == "build":
+            network = models.build(request["model"], request["model_params"], request["seed"])
+            Path(request["out"]).write_bytes(to_safetensors(state_tensors(network.state_dict())))
+    except InvalidInput as exc:
+        sys.stderr.write(exc.message)
+        return INVALID_EXIT
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
