@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -247,6 +248,7 @@ def main() -> None:
         server.terminate()
         server.wait(10)
         log.close()
+        shutil.rmtree(work, ignore_errors=True)
 
     # --- the lower bound, same machine, same run -----------------------------------------
     payloads = [envelopes[name] for name in names]
