@@ -47,10 +47,14 @@ rm -f "$OUT"/fedseg-*.whl   # pip copies fedseg's own wheel next to its dependen
 
 # Pinned dependency lists per image (torch and fedseg itself are installed on their own), so
 # the images install exactly what was resolved here, in a layer that code changes keep.
+# The server image also gets httpx: `fedseg` mounts the admin commands, which need it, and
+# `docker exec <server> fedseg admin ...` is the handiest admin console there is.
 for extra in server client; do
+    also=()
+    [[ "$extra" == server ]] && also=(httpx)
     "$PIP" install --quiet --dry-run --ignore-installed --no-index \
         --find-links "$OUT" --find-links "$OUT/fedseg" --report "$OUT/.report-$extra.json" \
-        "fedseg[$extra]" 2>/dev/null
+        "fedseg[$extra]" "${also[@]}" 2>/dev/null
     "$PYTHON" - "$OUT/.report-$extra.json" "$OUT/requirements-$extra.txt" <<'PY'
 import json, sys
 report = json.load(open(sys.argv[1]))
