@@ -249,7 +249,7 @@ def dice_table(report: Mapping[str, Any]) -> Table:
         title="Validation Dice of the consensus model after each round (mean over sites)",
         title_justify="left",
     )
-    table.add_column("round", justify="right")
+    table.add_column("round", justify="right", no_wrap=True)
     for region in ("TC", "WT", "ET", "mean"):
         table.add_column(region, justify="right")
     for site in sites:
@@ -270,20 +270,13 @@ def dice_table(report: Mapping[str, Any]) -> Table:
 
 def timing_table(report: Mapping[str, Any]) -> Table:
     """Each round's wall time: local work against federation overhead."""
-    table = Table(title="Round time (critical path)", title_justify="left")
-    for column in (
-        "round",
-        "wall",
-        "train",
-        "evaluate",
-        "download+verify",
-        "seal",
-        "upload",
-        "aggregate+sign",
-        "waiting",
-        "overhead",
-    ):
-        table.add_column(column, justify="right")
+    table = Table(
+        title="Round time on the critical path (download includes verify; aggregate, sign)",
+        title_justify="left",
+    )
+    columns = ("round", "wall", "train", "eval", "download", "seal", "upload", "aggregate")
+    for column in (*columns, "wait", "overhead"):
+        table.add_column(column, justify="right", no_wrap=True)
     for entry in report["rounds"]:
         time = entry["time"]
         fraction = time.get("federation_overhead_fraction")

@@ -15,6 +15,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -254,9 +255,12 @@ class Federation:
         return self.start_server(port=port)
 
     def enroll_sites(self) -> None:
-        """Register each site through the admin API and enroll it with its client."""
-        for site in self.sites:
-            created = self.admin.create_site(site.name)
+        """Register each site through the admin API, then enroll every client at once."""
+        tokens = {
+            site.name: self.admin.create_site(site.name).enrollment_token for site in self.sites
+        }
+
+        def enroll(site: SiteHandle) -> dict[str, Any]:
             out = run_command(
                 [
                     *fedseg_command(),
@@ -265,7 +269,7 @@ class Federation:
                     "--server",
                     self.base_url,
                     "--token",
-                    created.enrollment_token,
+                    tokens[site.name],
                     "--state-dir",
                     str(site.state_dir),
                     "--json",
@@ -274,7 +278,11 @@ class Federation:
                 what=f"fedseg client enroll ({site.name})",
                 timeout_s=120,
             )
-            site.enrollment = _last_json_object(out, "fedseg client enroll --json")
+            return _last_json_object(out, "fedseg client enroll --json")
+
+        with ThreadPoolExecutor(max_workers=len(self.sites)) as pool:
+            for site, enrollment in zip(self.sites, pool.map(enroll, self.sites), strict=True):
+                site.enrollment = enrollment
 
     def create_run(self, name: str = "simulation", config: RunConfig | None = None) -> RunInfo:
         """Create the run (not started yet)."""

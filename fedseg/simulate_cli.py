@@ -200,8 +200,6 @@ class Simulation:
             self._stop_live()
         self.phases["federation"] = round(time.monotonic() - started, 3)
         federation.wait_clients_exit(timeout_s=3 * config.poll_wait_s + 30)
-        if not stdout.is_terminal:
-            stdout.print(views.rounds_table(run, rounds))
         if run.status != "completed":
             stderr.print(
                 f"[bold red]The run ended {run.status}.[/] Logs: {config.workdir / 'logs'}"
@@ -209,7 +207,6 @@ class Simulation:
             self._finish(federation, run, rounds, final_eval=None, baseline=None)
             return 1
         stdout.print(f"[green]✓[/] Run completed in {duration(self.phases['federation'])}")
-        federation.children.stop_all()
         final_eval, baseline = self._evaluate(federation, run)
         self._finish(federation, run, rounds, final_eval=final_eval, baseline=baseline)
         return 0
@@ -245,6 +242,8 @@ class Simulation:
     def _stop_live(self) -> None:
         if self.live is not None and self.live.is_started:
             self.live.stop()
+            if not stdout.is_terminal:
+                stdout.print()  # the last frame ends without a newline off a terminal
         self.live = None
 
     # --- results --------------------------------------------------------------------------
@@ -265,12 +264,14 @@ class Simulation:
             data = federation.admin.download_bundle(run.id, version)
             return data, open_bundle(data, trusted)
 
+        final_bytes, final = fetch(config.rounds)
+        (self.config.workdir / "final-model.tar").write_bytes(final_bytes)
+        initial = fetch(0)[1] if self.baseline else None
+        federation.children.stop_all()  # the server's work is done: free the CPU
         splits = self._phase(
             "Load each site's validation split",
             lambda: load_splits({s.name: s.data_dir for s in federation.sites}, config.training),
         )
-        final_bytes, final = fetch(config.rounds)
-        (self.config.workdir / "final-model.tar").write_bytes(final_bytes)
         final_eval = self._phase(
             f"Evaluate the final model (version {config.rounds}) on every site",
             lambda: evaluate_on_sites(
@@ -281,9 +282,8 @@ class Simulation:
                 config=config.training,
             ),
         )
-        if not self.baseline:
+        if initial is None:
             return final_eval, None
-        _, initial = fetch(0)
         steps_per_round = len(config.sites) * config.training.local_steps
 
         def report(version: int, scores: dict[str, dict[str, float]]) -> None:
