@@ -1,41 +1,28 @@
-"""Tensors on the wire: state dicts as safetensors bytes, deltas, and spec checks.
+"""Torch tensors on the wire: state dicts, deltas, and the format of `shared.arrays`.
 
-We write the safetensors layout ourselves (an 8-byte header length, a JSON header,
-then the raw little-endian tensor bytes): the library's ``save`` runs well below
-memory speed, while its ``load`` is fast and strict, so we load with the library.
+The weight format, specs and checks live in `shared.arrays` (numpy only, so the
+server never imports torch); this module converts torch tensors to and from
+numpy arrays (no copy for CPU tensors) and adds what only torch code needs:
+state dicts and deltas. bfloat16 tensors travel as `shared.arrays.BFLOAT16`.
 """
 
 from __future__ import annotations
 
-import json
-import struct
 from collections.abc import Mapping
 
+import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as _safetensors_load
 
-from shared.errors import IntegrityError, TensorError
+from shared import arrays
+from shared.errors import TensorError
 from shared.schemas import TensorSpec
 
 Tensors = dict[str, torch.Tensor]
 
-_DTYPE_CODES: dict[torch.dtype, str] = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
+_DTYPES_BY_NAME: dict[str, torch.dtype] = {
+    name: getattr(torch, name) for name in arrays.DTYPE_NAMES
 }
-_DTYPE_NAMES: dict[torch.dtype, str] = {
-    dtype: str(dtype).removeprefix("torch.") for dtype in _DTYPE_CODES
-}
-_DTYPES_BY_NAME: dict[str, torch.dtype] = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
+_DTYPE_NAMES: dict[torch.dtype, str] = {dtype: name for name, dtype in _DTYPES_BY_NAME.items()}
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -52,6 +39,37 @@ def dtype_from_name(name: str) -> torch.dtype:
         return _DTYPES_BY_NAME[name]
     except KeyError:
         raise TensorError(f"unsupported dtype {name!r}", code="tensor_mismatch") from None
+
+
+def to_array(tensor: torch.Tensor, name: str = "") -> arrays.Array:
+    """A numpy view of a tensor (copied to the CPU first if it lives elsewhere)."""
+    if tensor.dtype not in _DTYPE_NAMES:
+        raise TensorError(f"tensor {name!r}: unsupported dtype {tensor.dtype}")
+    tensor = tensor.detach().cpu()
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(arrays.BFLOAT16)
+    return tensor.numpy()
+
+
+def to_arrays(tensors: Mapping[str, torch.Tensor]) -> arrays.Arrays:
+    """`to_array` for each tensor."""
+    return {name: to_array(tensor, name) for name, tensor in tensors.items()}
+
+
+def from_array(array: arrays.Array) -> torch.Tensor:
+    """A tensor sharing a writable array's memory; a read-only array is copied first."""
+    if array.size == 0:  # from_numpy would give it zero strides
+        return torch.empty(array.shape, dtype=dtype_from_name(arrays.dtype_name(array.dtype)))
+    if not array.flags.writeable:
+        array = array.copy()
+    if array.dtype == arrays.BFLOAT16:
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
+def from_arrays(source: Mapping[str, arrays.Array]) -> Tensors:
+    """`from_array` for each array."""
+    return {name: from_array(array) for name, array in source.items()}
 
 
 def state_tensors(state_dict: Mapping[str, torch.Tensor]) -> Tensors:
@@ -79,42 +97,19 @@ def to_safetensors(
     tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
 ) -> bytes:
     """Serialise tensors (sorted by name) as a valid safetensors file."""
-    header: dict[str, object] = {}
-    if metadata:
-        header["__metadata__"] = dict(metadata)
-    offset = 0
-    names = sorted(tensors)
-    blobs: list[bytes] = []
-    for name in names:
-        tensor = tensors[name].detach().to("cpu").contiguous()
-        code = _DTYPE_CODES.get(tensor.dtype)
-        if code is None:
-            raise TensorError(f"tensor {name!r}: unsupported dtype {tensor.dtype}")
-        raw = tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
-        header[name] = {
-            "dtype": code,
-            "shape": list(tensor.shape),
-            "data_offsets": [offset, offset + len(raw)],
-        }
-        offset += len(raw)
-        blobs.append(raw)
-    header_bytes = json.dumps(header, separators=(",", ":")).encode()
-    header_bytes += b" " * (-len(header_bytes) % 8)
-    return b"".join([struct.pack("<Q", len(header_bytes)), header_bytes, *blobs])
+    return arrays.to_safetensors(to_arrays(tensors), metadata)
 
 
-def from_safetensors(data: bytes) -> Tensors:
-    """Parse safetensors bytes; raise `IntegrityError` when they are not a valid file."""
-    try:
-        return dict(_safetensors_load(data))
-    except (SafetensorError, ValueError, RuntimeError) as exc:
-        raise IntegrityError(
-            f"not a valid safetensors payload: {exc}", code="malformed_envelope"
-        ) from None
+def from_safetensors(data: bytes | bytearray | memoryview) -> Tensors:
+    """Parse safetensors bytes into tensors of their own (writable, not sharing ``data``).
+
+    Raises `IntegrityError` (``malformed_envelope``) when they are not a valid file.
+    """
+    return from_arrays(arrays.from_safetensors(bytearray(data)))
 
 
 def spec_of(tensors: Mapping[str, torch.Tensor]) -> list[TensorSpec]:
-    """The names, shapes and dtypes of ``tensors``, sorted by name."""
+    """The names, shapes and dtypes of ``tensors``, sorted by name (reads no data)."""
     return [
         TensorSpec(
             name=name, shape=list(tensors[name].shape), dtype=dtype_name(tensors[name].dtype)
@@ -124,29 +119,16 @@ def spec_of(tensors: Mapping[str, torch.Tensor]) -> list[TensorSpec]:
 
 
 def validate_tensors(tensors: Mapping[str, torch.Tensor], spec: list[TensorSpec]) -> None:
-    """Check names, shapes, dtypes and finiteness against ``spec``.
-
-    Each error names the offending tensor, so a site can tell what it sent wrong.
-    """
-    expected = {item.name: item for item in spec}
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
-    if missing:
-        raise TensorError(f"tensor {missing[0]!r} is missing ({len(missing)} missing in all)")
-    if extra:
-        raise TensorError(f"tensor {extra[0]!r} is not part of the model ({len(extra)} unknown)")
-    for name, item in expected.items():
-        tensor = tensors[name]
-        if list(tensor.shape) != item.shape:
-            raise TensorError(
-                f"tensor {name!r} has shape {list(tensor.shape)}, expected {item.shape}"
-            )
-        if dtype_name(tensor.dtype) != item.dtype:
-            raise TensorError(
-                f"tensor {name!r} has dtype {dtype_name(tensor.dtype)}, expected {item.dtype}"
-            )
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise TensorError(f"tensor {name!r} holds NaN or infinite values", code="non_finite")
+    """`shared.arrays.validate_arrays` for tensors: names, shapes, dtypes, finiteness."""
+    expected = {item.name for item in spec}
+    arrays.validate_arrays(
+        {
+            # unknown names fail on their name, before any dtype is looked at
+            name: to_array(tensor, name) if name in expected else np.empty(0)
+            for name, tensor in tensors.items()
+        },
+        spec,
+    )
 
 
 def _check_same_shapes(
