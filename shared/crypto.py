@@ -15,6 +15,7 @@ each chunk ``ciphertext || tag(16)`` of at most ``CHUNK_SIZE + 16`` bytes.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import secrets
 from collections.abc import Callable
@@ -228,28 +229,14 @@ def unseal(
     *,
     context: bytes = b"",
 ) -> bytes:
-    """Open a payload made by `seal`; raise `IntegrityError` on any change to any byte."""
-    if len(sealed) < _HEADER_SIZE + TAG_SIZE:
-        raise IntegrityError("sealed payload is truncated", code="truncated")
-    ephemeral_raw = sealed[:PUBLIC_KEY_SIZE]
-    prefix = sealed[PUBLIC_KEY_SIZE:_HEADER_SIZE]
-    recipient_raw = public_bytes(private_key.public_key())
-    try:
-        shared_secret = private_key.exchange(X25519PublicKey.from_public_bytes(ephemeral_raw))
-    except ValueError:
-        raise IntegrityError("sealed payload does not open", code="decryption_failed") from None
-    aead = AESGCM(_derive_key(shared_secret, ephemeral_raw, recipient_raw, context))
-    body = memoryview(sealed)[_HEADER_SIZE:]
-    step = CHUNK_SIZE + TAG_SIZE
-    count = max(1, -(-len(body) // step))
-    out = bytearray()
-    try:
-        for index in range(count):
-            chunk = body[index * step : (index + 1) * step]
-            out += aead.decrypt(_nonce(prefix, index, index == count - 1), chunk, associated_data)
-    except InvalidTag:
-        raise IntegrityError("sealed payload does not open", code="decryption_failed") from None
-    return bytes(out)
+    """Open a payload made by `seal`; raise `IntegrityError` on any change to any byte.
+
+    `unseal_stream` over the bytes in memory: one implementation of the checks.
+    """
+    reader = io.BytesIO(sealed)
+    return bytes(
+        unseal_stream(private_key, reader.read, len(sealed), associated_data, context=context)
+    )
 
 
 def unseal_stream(
@@ -262,9 +249,10 @@ def unseal_stream(
 ) -> bytearray:
     """Open a payload made by `seal` of ``length`` bytes, pulled through ``read``.
 
-    Same checks and errors as `unseal`, but the ciphertext is read chunk by chunk
+    Raises `IntegrityError`: ``truncated`` when the payload is too short to be one,
+    ``decryption_failed`` on any change to any byte. The ciphertext is read chunk by chunk
     (``read`` is a file's ``read``), so memory holds the plaintext once and never
-    the whole ciphertext. The result is a writable buffer tensors can view.
+    the whole ciphertext. The result is a writable buffer arrays can view.
     """
     if length < _HEADER_SIZE + TAG_SIZE:
         raise IntegrityError("sealed payload is truncated", code="truncated")
