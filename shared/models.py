@@ -3,19 +3,23 @@
 Bundles name a model and its parameters as data; the receiver rebuilds the network
 from this registry, never from a class path. ``build`` is deterministic for a seed,
 so the server's round-0 weights can be recreated and checked.
+
+Only building needs torch and MONAI, and they are imported then: checking a
+model's name and parameters (`resolve_params`) needs pydantic alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from monai.networks.nets.segresnet import SegResNet
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.errors import InvalidInput
+
+if TYPE_CHECKING:
+    import torch
 
 IN_CHANNELS = 4  # t1, t1ce, t2, flair
 OUT_CHANNELS = 3  # TC, WT, ET
@@ -36,6 +40,8 @@ class SegResNetParams(BaseModel):
 
 
 def _segresnet(params: SegResNetParams) -> torch.nn.Module:
+    from monai.networks.nets.segresnet import SegResNet
+
     return SegResNet(
         spatial_dims=3,
         init_filters=params.init_filters,
@@ -88,6 +94,8 @@ def resolve_params(name: str, params: Mapping[str, Any] | None = None) -> SegRes
 
 def build(name: str, params: Mapping[str, Any] | None = None, seed: int = 0) -> torch.nn.Module:
     """Build model ``name`` with weights drawn deterministically from ``seed``."""
+    import torch
+
     resolved = resolve_params(name, params)
     factory = REGISTRY[name].factory
     with torch.random.fork_rng(devices=[]):
