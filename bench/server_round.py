@@ -13,7 +13,11 @@ has every site upload a sealed delta at once, and prints:
 - this machine's lower bound for the same work, measured here in the same run:
   loopback transfer of the N envelopes, then, for each, verify and unseal and
   accumulate; then serialise, hash and sign the consensus once;
-- the ratio overhead / bound, and the targets (<= 2x; RSS <= 300 MB + 3x model).
+- the ratio overhead / bound, and the targets (<= 2x; RSS <= 300 MB + 3x model),
+  each with a PASS or MISS line.
+
+The bound runs the server's own numpy code (`shared.arrays`, the accumulator) in
+this process; torch only makes the sites' random deltas.
 """
 
 from __future__ import annotations
@@ -39,12 +43,11 @@ import httpx
 import torch
 
 from server.services.aggregation import Accumulator
-from server.services.envelopes import tensors_from_buffer
-from shared import crypto, routes
-from shared.bundle import make_bundle, open_bundle
+from shared import arrays, crypto, routes
+from shared.bundle import make_bundle, open_bundle, read_bundle_files
 from shared.schemas import SignedTask, UpdateHeader
 from shared.tasks import verify_task
-from shared.tensors import Tensors, spec_of
+from shared.tensors import Tensors, from_safetensors
 from shared.updates import UPDATE_CONTEXT, seal_update
 
 CLI = [sys.executable, "-c", "from fedseg.cli import main; main()"]
@@ -274,12 +277,12 @@ def main() -> None:
         resealed.append(
             seal_update(header, change, round_key=round_key.public_key(), site_key=keys[name])
         )
-    base = spec_tensors(bundle)
+    base = arrays.from_safetensors(read_bundle_files(bundle).weights)
     started = time.perf_counter()
-    accumulator = Accumulator(spec_of(base))
+    accumulator = Accumulator(arrays.spec_of(base))
     for name, data in zip(names, resealed, strict=True):
         # the same primitives the server uses, in memory: hash + verify, chunked unseal
-        # into one buffer, zero-copy tensors, accumulate
+        # into one buffer, zero-copy arrays, accumulate
         envelope = parse_header_only(data)
         crypto.verify(keys[name].public_key(), data[-64:], hashlib.sha256(data[:-64]).digest())
         hashlib.sha256(data).digest()
@@ -292,14 +295,14 @@ def main() -> None:
             envelope[0],
             context=UPDATE_CONTEXT,
         )
-        accumulator.add(tensors_from_buffer(buffer), float(10 + names.index(name)))
+        accumulator.add(arrays.from_safetensors(buffer), float(10 + names.index(name)))
     consensus = accumulator.consensus(base)
     _manifest, files = make_bundle(
         run_id=run["id"],
         round_number=1,
         model=args.model,
         model_params={},
-        tensors=consensus,
+        weights=arrays.to_safetensors(consensus),
         signing_key=crypto.generate_signing_key(),
     )
     hashlib.sha256(files.weights).digest()
@@ -323,6 +326,14 @@ def main() -> None:
         f" + verify/unseal/accumulate/hash/sign {compute:.3f} s"
     )
     print(f"ratio overhead / bound: {overhead / bound:.2f}x   target <= 2x")
+    print(
+        f"target overhead <= 2x bound:               "
+        f"{'PASS' if overhead <= 2 * bound else 'MISS'} ({overhead / bound:.2f}x)"
+    )
+    print(
+        f"target peak RSS <= 300 MB + 3x model = {target_rss:.0f} MB: "
+        f"{'PASS' if lifetime <= target_rss else 'MISS'} ({lifetime:.0f} MB)"
+    )
 
 
 def parse_header_only(data: bytes) -> tuple[bytes, int]:
@@ -332,9 +343,6 @@ def parse_header_only(data: bytes) -> tuple[bytes, int]:
 
 
 def spec_tensors(bundle: bytes) -> Tensors:
-    from shared.bundle import read_bundle_files
-    from shared.tensors import from_safetensors
-
     return from_safetensors(read_bundle_files(bundle).weights)
 
 

@@ -81,12 +81,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.services = Services(
             auth=AuthService(db),
             sites=SiteService(db, signing_key.public_key()),
-            runs=RunService(
-                db,
-                blobs,
-                coordinator,
-                check_in_subprocess=settings.build_models_in_subprocess,
-            ),
+            runs=RunService(db, blobs, coordinator),
             coordinator=coordinator,
             tasks=TaskService(db, signing_key, notifier, settings.max_wait_s),
             operations=OperationsService(db, blobs),

@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     verify_concurrency: int = Field(default=1, ge=1, le=64)
     build_models_in_subprocess: bool = Field(
         default=True,
-        description="build initial weights in a child process, keeping MONAI out of the server",
+        description="build initial weights in a child process, keeping torch out of the server",
     )
 
     @model_validator(mode="after")

@@ -11,6 +11,9 @@ A bundle is three files, as a directory or an uncompressed tar:
 `open_bundle` checks in this order and parses nothing before it has to: the file set,
 the key id (must be trusted), the signature, the weights' sha256, the manifest, and
 last the tensors against the manifest's spec. No pickle anywhere.
+
+This module needs numpy, not torch: weights go in as safetensors bytes, and an
+opened bundle offers numpy arrays; its ``tensors`` (torch) are made on first use.
 """
 
 from __future__ import annotations
@@ -24,17 +27,20 @@ import tarfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import ValidationError
 
 from shared import crypto
+from shared.arrays import Arrays, from_safetensors, spec_of, validate_arrays
 from shared.errors import BundleError, FedsegError
 from shared.schemas import BundleManifest, canonical_json
-from shared.tensors import Tensors, from_safetensors, spec_of, to_safetensors, validate_tensors
+
+if TYPE_CHECKING:
+    from shared.tensors import Tensors
 
 MANIFEST: Final = "manifest.json"
 WEIGHTS: Final = "weights.safetensors"
@@ -54,12 +60,21 @@ class BundleFiles:
     signature: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, eq=False)
 class OpenedBundle:
-    """A bundle that passed every check."""
+    """A bundle that passed every check: its manifest and its weights."""
 
     manifest: BundleManifest
-    tensors: Tensors
+    weights: bytes
+    arrays: Arrays
+    """Read-only numpy views of ``weights``, checked against the manifest."""
+
+    @cached_property
+    def tensors(self) -> Tensors:
+        """The weights as torch tensors of their own (imports torch on first use)."""
+        from shared.tensors import from_arrays
+
+        return from_arrays(self.arrays)
 
 
 def make_bundle(
@@ -68,19 +83,27 @@ def make_bundle(
     round_number: int,
     model: str,
     model_params: Mapping[str, Any],
-    tensors: Mapping[str, torch.Tensor],
+    weights: bytes,
     signing_key: Ed25519PrivateKey,
     created_at: datetime | None = None,
 ) -> tuple[BundleManifest, BundleFiles]:
-    """Serialise ``tensors`` and sign a manifest describing them (the digest, once)."""
-    weights = to_safetensors(tensors)
+    """Sign a manifest describing ``weights`` (safetensors bytes; the digest, once).
+
+    The manifest's tensor spec is read from the weights' own header, so it cannot
+    disagree with them. Serialise torch tensors with `shared.tensors.to_safetensors`
+    and numpy arrays with `shared.arrays.to_safetensors`.
+    """
+    try:
+        spec = spec_of(from_safetensors(weights))
+    except FedsegError as exc:
+        raise BundleError(f"bundle weights are not valid: {exc.message}") from None
     public_key = signing_key.public_key()
     manifest = BundleManifest(
         run_id=run_id,
         round=round_number,
         model=model,
         model_params=dict(model_params),
-        tensors=spec_of(tensors),
+        tensors=spec,
         weights_sha256=hashlib.sha256(weights).hexdigest(),
         created_at=created_at or datetime.now(UTC),
         key_id=crypto.key_id(public_key),
@@ -228,12 +251,15 @@ def verify_bundle_files(
 
 
 def open_bundle(source: Path | bytes, trusted_keys: Mapping[str, Ed25519PublicKey]) -> OpenedBundle:
-    """Verify a bundle completely, then load its tensors. Raises `BundleError`."""
+    """Verify a bundle completely, then view its weights. Raises `BundleError`.
+
+    ``.arrays`` are numpy views of the weights; ``.tensors`` converts them to torch.
+    """
     files = read_bundle_files(source)
     manifest = verify_bundle_files(files, trusted_keys)
     try:
-        tensors = from_safetensors(files.weights)
-        validate_tensors(tensors, manifest.tensors)
+        views = from_safetensors(files.weights)
+        validate_arrays(views, manifest.tensors)
     except FedsegError as exc:
         raise BundleError(f"bundle weights disagree with the manifest: {exc.message}") from None
-    return OpenedBundle(manifest=manifest, tensors=tensors)
+    return OpenedBundle(manifest=manifest, weights=files.weights, arrays=views)

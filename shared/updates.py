@@ -15,9 +15,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from pydantic import ValidationError
@@ -25,7 +24,11 @@ from pydantic import ValidationError
 from shared import crypto
 from shared.errors import IntegrityError
 from shared.schemas import UpdateHeader, canonical_json
-from shared.tensors import Tensors, from_safetensors, to_safetensors
+
+if TYPE_CHECKING:
+    import torch
+
+    from shared.tensors import Tensors
 
 MAGIC: Final = b"FSEGUPD1"
 UPDATE_CONTEXT: Final = b"fedseg/update/v1"
@@ -51,7 +54,12 @@ def seal_update(
     round_key: X25519PublicKey,
     site_key: Ed25519PrivateKey,
 ) -> bytes:
-    """Serialise, seal and sign a delta; returns the envelope bytes to upload."""
+    """Serialise, seal and sign a torch delta; returns the envelope bytes to upload.
+
+    Imports torch when called; `seal_update_payload` takes safetensors bytes instead.
+    """
+    from shared.tensors import to_safetensors
+
     payload = to_safetensors(change)
     return seal_update_payload(header, payload, round_key=round_key, site_key=site_key)
 
@@ -114,7 +122,9 @@ def unseal_payload(envelope: UpdateEnvelope, round_key: X25519PrivateKey) -> byt
 def open_update(
     data: bytes, *, site_key: Ed25519PublicKey, round_key: X25519PrivateKey
 ) -> tuple[UpdateHeader, Tensors]:
-    """Parse, verify the signature, decrypt, then parse tensors, in that order."""
+    """Parse, verify the signature, decrypt, then parse tensors, in that order (torch)."""
+    from shared.tensors import from_safetensors
+
     envelope = parse_envelope(data)
     verify_envelope(envelope, site_key)
     return envelope.header, from_safetensors(unseal_payload(envelope, round_key))

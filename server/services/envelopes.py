@@ -3,24 +3,19 @@
 The body is streamed to a temp file while two hashes run: the sha256 of every
 byte (the update's identity and blob key) and the sha256 of all but the trailing
 64-byte signature (the digest the site signed). Opening then reads the header,
-checks the signature against that digest, decrypts chunk by chunk into one buffer
-and views tensors over it with no further copy. Checks run in the order of
-`shared.updates.open_update`; the tensor parser is as strict as safetensors'.
+checks the signature against that digest, decrypts chunk by chunk into one buffer,
+and `shared.arrays.from_safetensors` views arrays over it with no further copy.
+Checks run in the order of `shared.updates.open_update`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 import struct
-import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pydantic import ValidationError
@@ -28,23 +23,9 @@ from pydantic import ValidationError
 from shared import crypto
 from shared.errors import IntegrityError, PayloadTooLarge
 from shared.schemas import UpdateHeader, canonical_json
-from shared.tensors import Tensors
 from shared.updates import MAGIC, MAX_HEADER_SIZE, UPDATE_CONTEXT
 
 _PREFIX = struct.Struct(">8sI")
-_SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-_MAX_TENSOR_HEADER = 100 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,75 +124,3 @@ def open_payload(path: Path, envelope: EnvelopeHeader, round_key: X25519PrivateK
             envelope.header_bytes,
             context=UPDATE_CONTEXT,
         )
-
-
-def _bad(message: str) -> IntegrityError:
-    return IntegrityError(f"not a valid safetensors payload: {message}", code="malformed_envelope")
-
-
-def tensors_from_buffer(buffer: bytearray | memoryview) -> Tensors:
-    """Tensors viewing a safetensors buffer without copying it (copies only misaligned ones).
-
-    Refuses what safetensors refuses: a bad header, unknown dtypes, offsets that
-    overlap, leave gaps, or do not match the shape. A read-only buffer gives
-    read-only views: the caller must not write to them.
-    """
-    if len(buffer) < 8:
-        raise _bad("too short")
-    (header_length,) = struct.unpack_from("<Q", buffer)
-    if header_length > min(_MAX_TENSOR_HEADER, len(buffer) - 8):
-        raise _bad("header length out of range")
-    try:
-        header: Any = json.loads(bytes(buffer[8 : 8 + header_length]))
-    except (UnicodeDecodeError, ValueError):
-        raise _bad("header is not JSON") from None
-    if not isinstance(header, dict):
-        raise _bad("header is not an object")
-    header.pop("__metadata__", None)
-    start = 8 + header_length
-    data_length = len(buffer) - start
-    entries: list[tuple[int, int, str, torch.dtype, list[int]]] = []
-    for name, info in header.items():
-        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-            raise _bad(f"entry {name!r} is malformed")
-        dtype = _SAFETENSORS_DTYPES.get(info["dtype"]) if isinstance(info["dtype"], str) else None
-        shape, offsets = info["shape"], info["data_offsets"]
-        if dtype is None:
-            raise _bad(f"entry {name!r} has an unsupported dtype")
-        if not (
-            isinstance(shape, list)
-            and all(isinstance(size, int) and size >= 0 for size in shape)
-            and isinstance(offsets, list)
-            and len(offsets) == 2
-            and all(isinstance(offset, int) for offset in offsets)
-        ):
-            raise _bad(f"entry {name!r} has a malformed shape or offsets")
-        begin, end = offsets
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        if not 0 <= begin <= end <= data_length or end - begin != math.prod(shape) * itemsize:
-            raise _bad(f"entry {name!r} has offsets that do not match its shape")
-        entries.append((begin, end, name, dtype, shape))
-    entries.sort()
-    position = 0
-    for begin, end, name, _dtype, _shape in entries:
-        if begin != position:
-            raise _bad(f"entry {name!r} overlaps another or leaves a gap")
-        position = end
-    if position != data_length:
-        raise _bad("data section has trailing bytes")
-    tensors: Tensors = {}
-    for begin, end, name, dtype, shape in entries:
-        count = math.prod(shape)
-        if count == 0:
-            tensors[name] = torch.empty(shape, dtype=dtype)
-            continue
-        offset = start + begin
-        if offset % torch.empty((), dtype=dtype).element_size():
-            raw = torch.frombuffer(bytearray(buffer[offset : start + end]), dtype=torch.uint8)
-            tensors[name] = raw.view(dtype).reshape(shape)
-        else:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="The given buffer is not writable")
-                view = torch.frombuffer(buffer, dtype=dtype, count=count, offset=offset)
-            tensors[name] = view.reshape(shape)
-    return tensors

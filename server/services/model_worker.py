@@ -1,10 +1,12 @@
-"""Build or check a registry model in a child process: keeps MONAI out of the server.
+"""Build a registry model's initial weights in a child process: keeps torch out of the server.
 
-Importing MONAI and building a network costs the long-running server ~100 MB of
-RSS it would never give back; a short-lived child pays it instead. Protocol: a
-JSON request on stdin (``mode`` check|build, ``model``, ``model_params``,
-``seed``, ``out``); exit 0 on success (build writes safetensors bytes to ``out``),
-exit 3 with the message on stderr when the model or its parameters are invalid.
+Importing torch and MONAI and building a network would cost the long-running
+server ~250 MB of RSS it would never give back; a short-lived child pays it
+instead. (Checking a model's name and parameters needs no child: see
+`shared.models.resolve_params`.) Protocol: a JSON request on stdin (``model``,
+``model_params``, ``seed``, ``out``); exit 0 once the safetensors bytes are
+written to ``out``, exit 3 with the message on stderr when the model or its
+parameters are invalid.
 """
 
 from __future__ import annotations
@@ -20,15 +22,17 @@ from shared.schemas import RunConfig
 INVALID_EXIT = 3
 
 
-async def run_worker(mode: str, config: RunConfig, out: Path | None = None) -> None:
-    """Run the child; raise `InvalidInput` for a bad model, `Unavailable` if it crashes."""
+async def build_in_worker(config: RunConfig, out: Path) -> None:
+    """Write the run's initial weights to ``out`` from a child process.
+
+    Raises `InvalidInput` for a bad model, `Unavailable` if the child crashes.
+    """
     request = json.dumps(
         {
-            "mode": mode,
             "model": config.model,
             "model_params": config.model_params,
             "seed": config.seed,
-            "out": str(out) if out else None,
+            "out": str(out),
         }
     ).encode()
     process = await asyncio.create_subprocess_exec(
@@ -55,10 +59,8 @@ def _main() -> int:
     torch.set_num_threads(1)
     request = json.loads(sys.stdin.read())
     try:
-        models.resolve_params(request["model"], request["model_params"])
-        if request["mode"] == "build":
-            network = models.build(request["model"], request["model_params"], request["seed"])
-            Path(request["out"]).write_bytes(to_safetensors(state_tensors(network.state_dict())))
+        network = models.build(request["model"], request["model_params"], request["seed"])
+        Path(request["out"]).write_bytes(to_safetensors(state_tensors(network.state_dict())))
     except InvalidInput as exc:
         sys.stderr.write(exc.message)
         return INVALID_EXIT

@@ -12,18 +12,16 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from server.services.envelopes import tensors_from_buffer
+from shared import models
+from shared.arrays import Arrays, from_safetensors
 from shared.bundle import MANIFEST, WEIGHTS, bundle_tar, make_bundle
 from shared.errors import BundleError
 from shared.schemas import BundleManifest, RunConfig
-from shared.tensors import Tensors, state_tensors
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,16 +40,16 @@ def build_bundle(
     run_id: str,
     version: int,
     config: RunConfig,
-    tensors: Mapping[str, torch.Tensor],
+    weights: bytes,
     signing_key: Ed25519PrivateKey,
 ) -> Bundle:
-    """Serialise and sign ``tensors`` once as model version ``version``."""
+    """Sign ``weights`` (safetensors bytes) once as model version ``version``."""
     manifest, files = make_bundle(
         run_id=run_id,
         round_number=version,
         model=config.model,
         model_params=config.model_params,
-        tensors=tensors,
+        weights=weights,
         signing_key=signing_key,
     )
     data = bundle_tar(files)
@@ -78,9 +76,9 @@ def bundle_from_bytes(run_id: str, version: int, data: bytes) -> Bundle:
     )
 
 
-def weights_view(bundle: Bundle) -> Tensors:
-    """Read-only tensors viewing the bundle's weights, without a copy."""
-    return tensors_from_buffer(_member(bundle.data, WEIGHTS))
+def weights_view(bundle: Bundle) -> Arrays:
+    """Read-only arrays viewing the bundle's weights, without a copy."""
+    return from_safetensors(_member(bundle.data, WEIGHTS))
 
 
 def _member(data: bytes, name: str) -> memoryview:
@@ -92,15 +90,19 @@ def _member(data: bytes, name: str) -> memoryview:
         return memoryview(data)[member.offset_data : member.offset_data + member.size]
 
 
-def initial_weights(config: RunConfig) -> Tensors:
-    """Round-0 weights from the model registry and the run's seed (deterministic)."""
-    from shared import models  # MONAI is heavy: import it only when a run starts
+def initial_weights(config: RunConfig) -> bytes:
+    """Round-0 weights (safetensors bytes) from the registry and the run's seed.
 
-    return state_tensors(models.build(config.model, config.model_params, config.seed).state_dict())
+    Builds the network in this process, importing torch and MONAI, which stay
+    loaded for good (~200 MB): the server builds in `model_worker`'s child
+    process instead unless told otherwise (tests that have torch loaded anyway).
+    """
+    from shared.tensors import state_tensors, to_safetensors
+
+    network = models.build(config.model, config.model_params, config.seed)
+    return to_safetensors(state_tensors(network.state_dict()))
 
 
 def check_model(config: RunConfig) -> dict[str, Any]:
-    """Validate the model name and parameters; returns the resolved parameters."""
-    from shared import models
-
+    """Validate the model name and parameters (pydantic only); returns the resolved ones."""
     return models.resolve_params(config.model, config.model_params).model_dump(mode="json")

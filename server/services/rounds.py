@@ -38,12 +38,11 @@ from server.services.envelopes import (
     open_payload,
     read_header,
     receive_body,
-    tensors_from_buffer,
     verify_signature,
 )
 from server.services.events import Notifier
 from server.services.keys import RoundKeys
-from server.services.model_worker import run_worker
+from server.services.model_worker import build_in_worker
 from server.services.publishing import (
     Bundle,
     build_bundle,
@@ -53,6 +52,7 @@ from server.services.publishing import (
 )
 from server.storage import BlobStore
 from shared import crypto
+from shared.arrays import Arrays, from_safetensors, to_safetensors, validate_arrays
 from shared.errors import (
     Conflict,
     FedsegError,
@@ -64,7 +64,6 @@ from shared.errors import (
     Unavailable,
 )
 from shared.schemas import RunConfig, TensorSpec, UpdateReceipt
-from shared.tensors import Tensors, validate_tensors
 from shared.updates import parse_envelope, unseal_payload
 
 log = logging.getLogger(__name__)
@@ -187,19 +186,18 @@ class Coordinator:
         if self._limits.build_models_in_subprocess:
             temp = self._blobs.new_temp_path()
             try:
-                await run_worker("build", config, temp)
-                buffer = bytearray(await to_thread.run_sync(temp.read_bytes))
+                await build_in_worker(config, temp)
+                weights = await to_thread.run_sync(temp.read_bytes)
             finally:
                 temp.unlink(missing_ok=True)
-            tensors = tensors_from_buffer(buffer)
         else:
-            tensors = await to_thread.run_sync(initial_weights, config)
+            weights = await to_thread.run_sync(initial_weights, config)
         return await to_thread.run_sync(
             lambda: build_bundle(
                 run_id=run_id,
                 version=0,
                 config=config,
-                tensors=tensors,
+                weights=weights,
                 signing_key=self._signing_key,
             )
         )
@@ -347,11 +345,11 @@ class Coordinator:
         envelope: EnvelopeHeader,
         site_key: Ed25519PublicKey,
         live: LiveRound,
-    ) -> Tensors:
+    ) -> Arrays:
         """Signature, decryption, tensors, num_samples, base model: in that order."""
         verify_signature(body, site_key)
-        tensors = tensors_from_buffer(open_payload(body.path, envelope, live.private_key))
-        validate_tensors(tensors, live.spec)
+        tensors = from_safetensors(open_payload(body.path, envelope, live.private_key))
+        validate_arrays(tensors, live.spec)
         if envelope.header.num_samples <= 0:
             raise TensorError("num_samples must be positive", code="bad_num_samples")
         if envelope.header.base_model_sha256 != live.base_sha256:
@@ -368,7 +366,7 @@ class Coordinator:
         site_id: int,
         body: ReceivedBody,
         envelope: EnvelopeHeader,
-        tensors: Tensors,
+        tensors: Arrays,
     ) -> UpdateReceipt:
         """Under the round lock: re-check, insert, commit, then add to the sum."""
         moment = now()
@@ -520,12 +518,12 @@ class Coordinator:
         self._notifier.notify()
 
     def _consensus(self, live: LiveRound, base: Bundle) -> Bundle:
-        tensors = live.accumulator.consensus(weights_view(base))
+        weights = to_safetensors(live.accumulator.consensus(weights_view(base)))
         return build_bundle(
             run_id=live.run_id,
             version=live.number,
             config=live.config,
-            tensors=tensors,
+            weights=weights,
             signing_key=self._signing_key,
         )
 
@@ -611,9 +609,9 @@ class Coordinator:
         await self.tick()
 
 
-def _reopen(data: bytes, key: X25519PrivateKey) -> Tensors:
+def _reopen(data: bytes, key: X25519PrivateKey) -> Arrays:
     """Decrypt a stored update again (it passed every check when it was accepted)."""
-    return tensors_from_buffer(bytearray(unseal_payload(parse_envelope(data), key)))
+    return from_safetensors(unseal_payload(parse_envelope(data), key))
 
 
 def _live_round(

@@ -10,7 +10,6 @@ from server.db.engine import Database
 from server.db.models import RunRow
 from server.db.repositories import model_version_info, run_info
 from server.services.auth import Principal, now
-from server.services.model_worker import run_worker
 from server.services.publishing import Bundle, bundle_from_bytes, check_model
 from server.services.rounds import Coordinator
 from server.storage import BlobStore
@@ -26,22 +25,16 @@ class RunService:
         db: Database,
         blobs: BlobStore,
         coordinator: Coordinator,
-        *,
-        check_in_subprocess: bool = False,
     ) -> None:
         self._db = db
         self._blobs = blobs
         self._coordinator = coordinator
-        self._check_in_subprocess = check_in_subprocess
 
     async def create(self, request: RunCreate, actor: Principal) -> RunInfo:
         """Validate the configuration and register the run (status created)."""
         actor.require_admin()
         config = request.config
-        if self._check_in_subprocess:
-            await run_worker("check", config)
-        else:
-            check_model(config)
+        check_model(config)
         moment = now()
         async with self._db.transaction() as repo:
             sites = {site.name: site for site in await repo.sites_by_names(config.sites)}

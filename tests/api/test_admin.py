@@ -194,7 +194,7 @@ async def test_openapi_has_tags_summaries_and_examples(harness: Harness) -> None
 
 @pytest.mark.slow
 async def test_models_build_in_a_child_process(tmp_path) -> None:
-    """The production default keeps MONAI out of the server: check and build in a child."""
+    """The production default keeps torch out of the server: the model builds in a child."""
     import httpx
 
     from server.app import create_app

@@ -26,7 +26,7 @@ from shared.schemas import (
     UpdateReceipt,
 )
 from shared.tasks import sign_task
-from shared.tensors import Tensors
+from shared.tensors import Tensors, to_safetensors
 from shared.updates import open_update
 
 SITE = "site-a"
@@ -50,7 +50,7 @@ class FakeServer:
                 round_number=version,
                 model="segresnet-small",
                 model_params={},
-                tensors=self.base,
+                weights=to_safetensors(self.base),
                 signing_key=self.signing_key,
             )
             self.tars[version] = bundle_tar(files)

@@ -1,4 +1,8 @@
-"""Streaming FedAvg maths: NumPy reference, permutation invariance, identities, zero weights."""
+"""Streaming FedAvg maths: NumPy reference, permutation invariance, identities, zero weights.
+
+The accumulator works on numpy arrays; the tests build torch tensors and convert
+them both ways without a copy (`to_arrays`, `from_arrays`).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from hypothesis import strategies as st
 
 from server.services.aggregation import Accumulator
 from shared.errors import TensorError
-from shared.tensors import Tensors, spec_of
+from shared.tensors import Tensors, from_arrays, spec_of, to_arrays
 
 SHAPES = {"conv.weight": (4, 3, 2), "conv.bias": (4,), "norm.weight": (5,)}
 
@@ -26,8 +30,8 @@ def _tensors(seed: int, scale: float = 1.0) -> Tensors:
 def _fedavg(base: Tensors, updates: list[tuple[Tensors, float]]) -> Tensors:
     accumulator = Accumulator(spec_of(base))
     for change, weight in updates:
-        accumulator.add(change, weight)
-    return accumulator.consensus(base)
+        accumulator.add(to_arrays(change), weight)
+    return from_arrays(accumulator.consensus(to_arrays(base)))
 
 
 def _reference(base: Tensors, updates: list[tuple[Tensors, float]]) -> dict[str, np.ndarray]:
@@ -103,9 +107,9 @@ def test_no_weight_at_all_keeps_the_base() -> None:
 def test_integer_tensors_are_rounded_like_apply_delta() -> None:
     base = {"steps": torch.tensor([10, 20], dtype=torch.int64), "w": torch.zeros(2)}
     accumulator = Accumulator(spec_of(base))
-    accumulator.add({"steps": torch.tensor([1, 2]), "w": torch.ones(2)}, 1.0)
-    accumulator.add({"steps": torch.tensor([2, 4]), "w": torch.ones(2)}, 1.0)
-    result = accumulator.consensus(base)
+    accumulator.add(to_arrays({"steps": torch.tensor([1, 2]), "w": torch.ones(2)}), 1.0)
+    accumulator.add(to_arrays({"steps": torch.tensor([2, 4]), "w": torch.ones(2)}), 1.0)
+    result = from_arrays(accumulator.consensus(to_arrays(base)))
     assert result["steps"].tolist() == [12, 23] and result["steps"].dtype == torch.int64
 
 
@@ -113,13 +117,13 @@ def test_refuses_other_names_negative_weights_and_reuse() -> None:
     base = _tensors(5)
     accumulator = Accumulator(spec_of(base))
     with pytest.raises(TensorError):
-        accumulator.add({"other": torch.zeros(1)}, 1.0)
+        accumulator.add(to_arrays({"other": torch.zeros(1)}), 1.0)
     with pytest.raises(TensorError):
-        accumulator.add(_tensors(6), -1.0)
-    accumulator.add(_tensors(6), 1.0)
-    accumulator.consensus(base)
+        accumulator.add(to_arrays(_tensors(6)), -1.0)
+    accumulator.add(to_arrays(_tensors(6)), 1.0)
+    accumulator.consensus(to_arrays(base))
     with pytest.raises(RuntimeError):
-        accumulator.add(_tensors(6), 1.0)
+        accumulator.add(to_arrays(_tensors(6)), 1.0)
 
 
 def test_base_is_only_read() -> None:
@@ -128,3 +132,22 @@ def test_base_is_only_read() -> None:
     _fedavg(base, [(_tensors(8), 2.0)])
     for name in base:
         assert torch.equal(base[name], copy[name])
+
+
+@pytest.mark.parametrize(
+    ("dtype", "tolerance"), [(torch.float16, 1e-3), (torch.bfloat16, 1e-2), (torch.float64, 1e-6)]
+)
+def test_other_float_dtypes_sum_in_float32_like_torch(dtype: torch.dtype, tolerance: float):
+    base = {name: tensor.to(dtype) for name, tensor in _tensors(9).items()}
+    pairs = [
+        ({name: tensor.to(dtype) for name, tensor in _tensors(seed, 0.1).items()}, weight)
+        for seed, weight in ((1, 3.0), (2, 5.0))
+    ]
+    result = _fedavg(base, pairs)
+    for name in base:
+        total = torch.zeros(base[name].shape)
+        for change, weight in pairs:
+            total.add_(change[name].float(), alpha=weight)
+        expected = (total * (1 / 8.0) + base[name].float()).to(dtype)
+        assert result[name].dtype == dtype
+        torch.testing.assert_close(result[name], expected, rtol=tolerance, atol=1e-6)

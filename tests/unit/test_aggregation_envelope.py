@@ -13,13 +13,12 @@ from server.services.envelopes import (
     open_payload,
     read_header,
     receive_body,
-    tensors_from_buffer,
     verify_signature,
 )
-from shared import crypto
+from shared import arrays, crypto
 from shared.errors import IntegrityError, PayloadTooLarge
 from shared.schemas import UpdateHeader
-from shared.tensors import to_safetensors
+from shared.tensors import from_arrays, to_safetensors
 from shared.updates import open_update, seal_update
 
 
@@ -66,7 +65,7 @@ def test_streamed_open_equals_open_update(tmp_path: Path, size: int, step: int) 
     envelope = read_header(body)
     verify_signature(body, site_key.public_key())  # type: ignore[attr-defined]
     buffer = open_payload(body.path, envelope, round_key)  # type: ignore[arg-type]
-    tensors = tensors_from_buffer(buffer)
+    tensors = from_arrays(arrays.from_safetensors(buffer))
     header, reference = open_update(
         data,
         site_key=site_key.public_key(),  # type: ignore[attr-defined]
@@ -106,12 +105,12 @@ def test_limit_and_short_bodies(tmp_path: Path) -> None:
 def test_tensor_parser_is_strict(mutate) -> None:
     raw = to_safetensors(_tensors(7))
     with pytest.raises(IntegrityError):
-        tensors_from_buffer(bytearray(mutate(raw)))
+        arrays.from_safetensors(bytearray(mutate(raw)))
 
 
 def test_tensor_parser_reads_what_to_safetensors_writes() -> None:
     change = _tensors(11)
-    parsed = tensors_from_buffer(bytearray(to_safetensors(change)))
+    parsed = from_arrays(arrays.from_safetensors(bytearray(to_safetensors(change))))
     assert all(torch.equal(parsed[name], change[name]) for name in change)
-    readonly = tensors_from_buffer(memoryview(to_safetensors(change)))
+    readonly = from_arrays(arrays.from_safetensors(memoryview(to_safetensors(change))))
     assert all(torch.equal(readonly[name], change[name]) for name in change)

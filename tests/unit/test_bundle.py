@@ -42,7 +42,7 @@ def build(key: Ed25519PrivateKey, tensors: dict[str, torch.Tensor] | None = None
         round_number=3,
         model="segresnet-small",
         model_params={"init_filters": 8},
-        tensors=tensors if tensors is not None else tiny_tensors(),
+        weights=to_safetensors(tensors if tensors is not None else tiny_tensors()),
         signing_key=key,
         created_at=CREATED,
     )
