@@ -42,7 +42,9 @@ rm -f "$OUT/.fedseg-build.log"
 wheel=$(ls "$OUT"/fedseg/fedseg-*.whl)
 
 # Third-party wheels: the CPU torch first so the resolver keeps it for fedseg's torch>=2.4.
-"$PIP" wheel --quiet --wheel-dir "$OUT" --prefer-binary "$TORCH" "${wheel}[server,client]"
+# (grep drops the notes this machine's pip configuration prints about local index paths)
+"$PIP" wheel --quiet --wheel-dir "$OUT" --prefer-binary "$TORCH" "${wheel}[server,client]" \
+    2> >(grep -v "^WARNING: Location '.*' is ignored" >&2)
 rm -f "$OUT"/fedseg-*.whl   # pip copies fedseg's own wheel next to its dependencies
 
 # Pinned dependency lists per image (torch and fedseg itself are installed on their own), so

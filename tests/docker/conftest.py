@@ -9,6 +9,20 @@ import pytest
 from tests.docker import engine as eng
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _progress_on_terminal(pytestconfig: pytest.Config) -> Iterator[None]:
+    """Builds and the federation take minutes: say what is happening as it happens."""
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+
+    def report(line: str) -> None:
+        with capture.global_and_fixture_disabled():
+            print(line, flush=True)
+
+    eng.reporter = report
+    yield
+    eng.reporter = None
+
+
 @pytest.fixture(scope="session")
 def docker_engine() -> Iterator[eng.Engine]:
     with eng.engine() as running:

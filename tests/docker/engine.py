@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,9 +31,17 @@ CLIENT_IMAGE = "fedseg-client:cpu"
 CACHE_DIR = Path(os.environ.get("FEDSEG_DOCKER_CACHE", Path.home() / ".cache" / "fedseg"))
 
 
+# Set by conftest.py: shows a line on the terminal past pytest's output capture.
+reporter: Callable[[str], None] | None = None
+
+
 def say(message: str) -> None:
     """Progress on the terminal even under pytest's capture (these steps take minutes)."""
-    print(f"[docker-tier {time.strftime('%H:%M:%S')}] {message}", file=sys.__stderr__, flush=True)
+    line = f"[docker-tier {time.strftime('%H:%M:%S')}] {message}"
+    if reporter is not None:
+        reporter(line)
+    else:
+        print(line, file=sys.stderr, flush=True)
 
 
 # --- engine ------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ file against it. Run with ``make test-docker`` (root, Debian's docker.io, mmdebs
 from __future__ import annotations
 
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -190,8 +191,40 @@ def test_server_image_has_no_compiler_and_is_healthy(federation: Federation) -> 
 
 def test_client_says_which_device_it_trains_on(federation: Federation) -> None:
     for site in SITES:
-        lines = [
-            line for line in federation.logs[site].splitlines()
-            if "cpu" in line.lower() and ("device" in line.lower() or "train" in line.lower())
-        ]
-        assert lines, federation.logs[site][-3000:]
+        # one line at start: "training on GPU cuda:0 (...)" or "training on CPU (...)"
+        lines = re.findall(r"training on (?:GPU|CPU).*", federation.logs[site])
+        assert len(lines) == 1 and "training on CPU" in lines[0], federation.logs[site][-3000:]
+
+
+def _run_client_once(docker_engine: eng.Engine, image: str, **kwargs: Any) -> tuple[int, str]:
+    container = docker_engine.client.containers.run(image, detach=True, network_mode="none",
+                                                    **kwargs)
+    try:
+        result = container.wait(timeout=300)
+        return int(result["StatusCode"]), container.logs().decode(errors="replace")
+    finally:
+        container.remove(force=True, v=True)  # and its anonymous state volume
+
+
+def test_client_without_data_says_how_to_mount_it(
+    docker_engine: eng.Engine, images: dict[str, str]
+) -> None:
+    code, logs = _run_client_once(
+        docker_engine, images["client"], environment={"FEDSEG_SERVER_URL": "http://server:8000"}
+    )
+    assert code == 2, logs
+    assert "no data at /data" in logs and ":/data:ro" in logs, logs
+
+
+def test_client_without_server_says_what_to_check(
+    docker_engine: eng.Engine, images: dict[str, str]
+) -> None:
+    code, logs = _run_client_once(
+        docker_engine, images["client"],
+        environment={"FEDSEG_SERVER_URL": "http://fedseg.invalid:8000",
+                     "FEDSEG_SERVER_WAIT_S": "3"},
+        volumes={str(eng.REPO / "tests" / "docker"): {"bind": "/data", "mode": "ro"}},
+    )
+    assert code == 3, logs
+    assert "cannot reach the fedseg server at http://fedseg.invalid:8000" in logs, logs
+    assert "firewall" in logs
