@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -16,8 +17,17 @@ from rich.markup import escape
 
 from shared.errors import FedsegError
 
-stdout = Console(highlight=False, soft_wrap=True)
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+def _width(stream: object) -> int | None:
+    """Off a terminal (logs, CI, pipes) rich assumes 80 columns; tables need more."""
+    isatty = getattr(stream, "isatty", None)
+    if "COLUMNS" in os.environ or (callable(isatty) and isatty()):
+        return None
+    return 120
+
+
+stdout = Console(highlight=False, soft_wrap=True, width=_width(sys.stdout))
+stderr = Console(stderr=True, highlight=False, soft_wrap=True, width=_width(sys.stderr))
 
 
 def jsonable(value: Any) -> Any:

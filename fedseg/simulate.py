@@ -53,7 +53,7 @@ class SimulationConfig:
     cases_per_site: int = 8
     model: str = "segresnet-small"
     model_params: dict[str, Any] = field(default_factory=dict)
-    local_steps: int = 20
+    local_steps: int = 50
     crop_size: int = 32
     batch_size: int = 2
     learning_rate: float = 2e-3

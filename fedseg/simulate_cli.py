@@ -56,7 +56,7 @@ def simulate(
     ] = False,
     local_steps: Annotated[
         int, typer.Option("--local-steps", min=1, help="Training steps per site per round.")
-    ] = 30,
+    ] = 50,
     model: Annotated[str, typer.Option("--model", help="Model from the registry.")] = (
         "segresnet-small"
     ),
