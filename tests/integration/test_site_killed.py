@@ -30,6 +30,8 @@ def test_round_closes_at_deadline_without_the_killed_site(finished_run: Finished
             "rounds": 1,
             "min_sites": len(survivors),
             "round_timeout_s": ROUND_TIMEOUT_S,
+            # enough local work that the victim is surely still busy when it is killed
+            "training": {**base.training.model_dump(), "local_steps": 20},
         }
     )
     run = fed.create_run("site-killed", config)
