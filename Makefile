@@ -27,7 +27,7 @@ test: lint typecheck
 	$(BIN)/pytest -m "not docker"
 
 # A whole federation on this machine: server + 3 sites, 5 rounds (about 3-4 minutes on 2 cores).
-# `make demo DEMO_ARGS=--baseline` adds the central baseline (about 7 minutes).
+# `make demo DEMO_ARGS=--baseline` adds the central baseline (7-8 minutes in all).
 DEMO_ARGS ?=
 demo: install
 	$(BIN)/fedseg simulate --workdir demo-out $(DEMO_ARGS)
