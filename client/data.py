@@ -54,6 +54,9 @@ _SUFFIXES: Final[dict[str, tuple[str, ...]]] = {
 }
 _SEG_SUFFIXES: Final = ("seg",)
 _NII: Final = re.compile(r"\.nii(\.gz)?$")
+_MODALITY_SUFFIX: Final = re.compile(
+    r"^(.+)[_-](t1|t1ce|t1c|t1n|t1gd|t2|t2w|t2f|flair|seg)$", re.IGNORECASE
+)
 _MSD_MODALITY_NAMES: Final = {
     "flair": "flair",
     "t1w": "t1",
@@ -157,12 +160,14 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _split_name(name: str) -> tuple[str, str] | None:
-    """``BraTS_001_t1ce.nii.gz`` -> (``BraTS_001``, ``t1ce``)."""
+    """``BraTS_001_t1ce.nii.gz`` -> (``BraTS_001``, ``t1ce``); BraTS 2023 uses ``-t1c``."""
     stem = _NII.sub("", name)
-    if stem == name or "_" not in stem:
+    if stem == name:
         return None
-    case_id, _, suffix = stem.rpartition("_")
-    return case_id, suffix.lower()
+    match = _MODALITY_SUFFIX.match(stem)
+    if match is None:
+        return None
+    return match.group(1), match.group(2).lower()
 
 
 def _discover_case_dirs(parent: Path, layout: Layout) -> list[Case]:
