@@ -36,7 +36,7 @@ COPY wheelhouse/cuda/ /wheels/cuda/
 COPY wheelhouse/*.whl wheelhouse/requirements-client.txt /wheels/
 RUN set -eu; \
     python3 -m venv /opt/fedseg; \
-    pip="/opt/fedseg/bin/pip install --no-cache-dir --no-compile"; \
+    pip="/opt/fedseg/bin/pip install --no-cache-dir"; \
     case "$TORCH_VARIANT" in \
       cpu)  $pip --no-index --find-links /wheels "torch==${TORCH_VERSION}" ;; \
       cuda) if ls /wheels/cuda/torch-*.whl >/dev/null 2>&1; then \
@@ -47,7 +47,6 @@ RUN set -eu; \
       *)    echo "TORCH_VARIANT must be cuda or cpu, not '$TORCH_VARIANT'" >&2; exit 1 ;; \
     esac; \
     $pip --no-index --find-links /wheels -r /wheels/requirements-client.txt; \
-    find /opt/fedseg -name '__pycache__' -prune -exec rm -rf {} +; \
     rm -rf /opt/fedseg/lib/python3.11/site-packages/torch/include
 
 # --- final: no compilers, no apt lists, no wheels; a non-root user ----------------------

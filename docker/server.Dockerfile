@@ -25,11 +25,10 @@ RUN apt-get update \
 ARG TORCH_VERSION=2.13.0
 COPY wheelhouse/*.whl wheelhouse/requirements-server.txt /wheels/
 RUN python3 -m venv /opt/fedseg \
- && /opt/fedseg/bin/pip install --no-cache-dir --no-index --find-links /wheels --no-compile \
+ && /opt/fedseg/bin/pip install --no-cache-dir --no-index --find-links /wheels \
         "torch==${TORCH_VERSION}" \
- && /opt/fedseg/bin/pip install --no-cache-dir --no-index --find-links /wheels --no-compile \
+ && /opt/fedseg/bin/pip install --no-cache-dir --no-index --find-links /wheels \
         -r /wheels/requirements-server.txt \
- && find /opt/fedseg -name '__pycache__' -prune -exec rm -rf {} + \
  && rm -rf /opt/fedseg/lib/python3.11/site-packages/torch/include
 
 # --- final: no compilers, no apt lists, no wheels; a non-root user ----------------------

@@ -56,8 +56,12 @@ class Engine:
 def _connect() -> docker.DockerClient | None:
     try:
         client = docker.from_env(timeout=300)
+    except DockerException:
+        return None
+    try:
         client.ping()
     except DockerException:
+        client.close()  # or its socket lingers into a ResourceWarning
         return None
     return client
 
