@@ -2,14 +2,20 @@
 
 SQLite (the default) runs in WAL mode with a busy timeout, foreign keys on, and
 every transaction begun IMMEDIATE, so concurrent writers queue instead of failing
-with "database is locked" on a lock upgrade. PostgreSQL is used as is.
+with "database is locked" on a lock upgrade. Inside the process they queue on an
+asyncio lock, in arrival order, before they BEGIN: SQLite's busy handler polls with
+sleeps of up to 100 ms, so a transaction left to it can wait several of them while
+others overtake it (the busy timeout still covers other processes, such as the
+CLI). PostgreSQL is used as is.
 Migrations run with a synchronous driver of the same database.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +33,7 @@ from server.db.repositories import Repository
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 BUSY_TIMEOUT_MS = 30_000
+_IN_TRANSACTION: ContextVar[bool] = ContextVar("fedseg_in_transaction", default=False)
 
 
 def sync_url(url: str) -> str:
@@ -74,11 +81,24 @@ class Database:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._writer = asyncio.Lock() if engine.dialect.name == "sqlite" else None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Repository]:
-        """One transaction: committed on success, rolled back on any exception."""
-        async with self._sessions() as session, session.begin():
+        """One transaction: committed on success, rolled back on any exception.
+
+        On SQLite transactions of this process run one at a time, first come first
+        served; opening one inside another would wait for itself, so it raises.
+        """
+        async with AsyncExitStack() as stack:
+            if self._writer is not None:
+                if _IN_TRANSACTION.get():
+                    raise RuntimeError("a transaction cannot be opened inside another one")
+                await stack.enter_async_context(self._writer)
+                marker = _IN_TRANSACTION.set(True)
+                stack.callback(_IN_TRANSACTION.reset, marker)
+            session = await stack.enter_async_context(self._sessions())
+            await stack.enter_async_context(session.begin())
             yield Repository(session)
 
     async def ping(self) -> None:
