@@ -271,16 +271,26 @@ def unseal_stream(
     count = max(1, -(-body_length // step))
     if body_length - count * TAG_SIZE < 0:
         raise IntegrityError("sealed payload does not open", code="decryption_failed")
+    if body_length - (count - 1) * step < TAG_SIZE:  # a last chunk too short to hold a tag
+        raise IntegrityError("sealed payload does not open", code="decryption_failed")
     out = bytearray(body_length - count * TAG_SIZE)
+    view = memoryview(out)
     position = 0
     try:
         for index in range(count):
-            chunk = read(min(step, body_length - index * step))
-            if len(chunk) != min(step, body_length - index * step):
+            expected = min(step, body_length - index * step)
+            chunk = read(expected)
+            if len(chunk) != expected:
                 raise IntegrityError("sealed payload is truncated", code="truncated")
-            plain = aead.decrypt(_nonce(prefix, index, index == count - 1), chunk, associated_data)
-            out[position : position + len(plain)] = plain
-            position += len(plain)
+            plain = expected - TAG_SIZE
+            # straight into the result: no plaintext copy per chunk
+            aead.decrypt_into(
+                _nonce(prefix, index, index == count - 1),
+                chunk,
+                associated_data,
+                view[position : position + plain],
+            )
+            position += plain
     except InvalidTag:
         raise IntegrityError("sealed payload does not open", code="decryption_failed") from None
     return out

@@ -1,8 +1,9 @@
 """Receiving and opening sealed updates without holding more than one plaintext copy.
 
-The body is streamed to a temp file while two hashes run: the sha256 of every
-byte (the update's identity and blob key) and the sha256 of all but the trailing
-64-byte signature (the digest the site signed). Opening then reads the header,
+The body is streamed to a temp file and hashed once on the way, in a worker
+thread: the sha256 of all but the trailing 64-byte signature (the digest the site
+signed) and, from the same running state, the sha256 of every byte (the update's
+identity and blob key). Opening then reads the header,
 checks the signature against that digest, decrypts chunk by chunk into one buffer,
 and `shared.arrays.from_safetensors` views arrays over it with no further copy.
 Checks run in the order of `shared.updates.open_update`.
@@ -10,11 +11,14 @@ Checks run in the order of `shared.updates.open_update`.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import os
 import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -26,6 +30,7 @@ from shared.schemas import UpdateHeader, canonical_json
 from shared.updates import MAGIC, MAX_HEADER_SIZE, UPDATE_CONTEXT
 
 _PREFIX = struct.Struct(">8sI")
+_BATCH_BYTES: Final = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,30 +47,91 @@ class ReceivedBody:
 async def receive_body(
     chunks: AsyncIterator[bytes], path: Path, *, limit: int, declared: int | None
 ) -> ReceivedBody:
-    """Stream ``chunks`` to ``path``; stop at ``limit`` bytes (413) or a short body."""
-    whole = hashlib.sha256()
-    signed = hashlib.sha256()
-    tail = b""
+    """Stream ``chunks`` to ``path``; stop at ``limit`` bytes (413) or a short body.
+
+    The event loop only collects chunks: each batch of about `_BATCH_BYTES` is
+    written and hashed in a worker thread while the next one arrives (one batch in
+    flight per body, so a slow disk slows the sender). The finished file is
+    fsynced there too: it is only a temp file, but storing it after the checks
+    then has next to nothing left to flush.
+    """
+    loop = asyncio.get_running_loop()
     size = 0
     with path.open("wb") as handle:
-        async for chunk in chunks:
-            if not chunk:
-                continue
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"update is larger than {limit} bytes")
-            handle.write(chunk)
-            whole.update(chunk)
-            tail += chunk
-            if len(tail) > crypto.SIGNATURE_SIZE:
-                cut = len(tail) - crypto.SIGNATURE_SIZE
-                signed.update(tail[:cut])
-                tail = tail[cut:]
-    if declared is not None and size != declared:
-        raise IntegrityError(f"body ended after {size} of {declared} bytes", code="truncated")
+        sink = _Sink(handle)
+        pending: asyncio.Future[None] | None = None
+        batch: list[bytes] = []
+        batched = 0
+        try:
+            async for chunk in chunks:
+                if not chunk:
+                    continue
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"update is larger than {limit} bytes")
+                batch.append(chunk)
+                batched += len(chunk)
+                if batched >= _BATCH_BYTES:
+                    if pending is not None:
+                        await asyncio.shield(pending)
+                    pending = loop.run_in_executor(None, sink.feed, batch)
+                    batch, batched = [], 0
+            if declared is not None and size != declared:
+                raise IntegrityError(
+                    f"body ended after {size} of {declared} bytes", code="truncated"
+                )
+            if pending is not None:
+                await asyncio.shield(pending)
+            pending = loop.run_in_executor(None, sink.finish, batch)
+            await asyncio.shield(pending)
+        finally:
+            # the worker writes to ``handle``: it stays open until the worker is done
+            if pending is not None and not pending.done():
+                await asyncio.wait([pending])
+            if pending is not None and not pending.cancelled():
+                pending.exception()  # retrieved: a failure here is not the one to report
+    whole = sink.signed.copy()
+    whole.update(sink.tail)
     return ReceivedBody(
-        path=path, size=size, sha256=whole.hexdigest(), digest=signed.digest(), signature=tail
+        path=path,
+        size=size,
+        sha256=whole.hexdigest(),
+        digest=sink.signed.digest(),
+        signature=sink.tail,
     )
+
+
+class _Sink:
+    """Writes a body and hashes it once, holding back the trailing signature.
+
+    ``signed`` takes every byte but the last 64 (the digest the site signed);
+    ``tail`` keeps those 64. SHA-256 is a running state, so the digest of the whole
+    body is a copy of ``signed`` fed the tail: one pass over the bytes, not two.
+    """
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.signed = hashlib.sha256()
+        self.tail = b""
+
+    def feed(self, batch: list[bytes]) -> None:
+        for chunk in batch:
+            self.handle.write(chunk)
+            if len(chunk) >= crypto.SIGNATURE_SIZE:
+                self.signed.update(self.tail)
+                cut = len(chunk) - crypto.SIGNATURE_SIZE
+                self.signed.update(memoryview(chunk)[:cut])
+                self.tail = chunk[cut:]
+            else:
+                joined = self.tail + chunk
+                cut = max(0, len(joined) - crypto.SIGNATURE_SIZE)
+                self.signed.update(joined[:cut])
+                self.tail = joined[cut:]
+
+    def finish(self, batch: list[bytes]) -> None:
+        self.feed(batch)
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
 
 
 @dataclass(frozen=True, slots=True)

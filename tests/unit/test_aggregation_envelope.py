@@ -80,6 +80,29 @@ def test_streamed_open_equals_open_update(tmp_path: Path, size: int, step: int) 
         )
 
 
+async def _ragged(data: bytes):
+    """Chunks of every size around the 64-byte signature, and empty ones."""
+    sizes = [1, 0, 63, 64, 65, 7, 200_000, 3, 1_500_000, 64, 2]
+    start = 0
+    for index in range(len(data)):
+        step = sizes[index % len(sizes)]
+        yield data[start : start + step]
+        start += step
+        if start >= len(data):
+            return
+
+
+def test_hashes_hold_back_the_signature_for_any_chunking(tmp_path: Path) -> None:
+    data, _change, site_key, _round_key = _envelope(600_000)
+    body = asyncio.run(
+        receive_body(_ragged(data), tmp_path / "u", limit=len(data), declared=len(data))
+    )
+    assert body.size == len(data) and (tmp_path / "u").read_bytes() == data
+    assert body.sha256 == crypto.sha256(data).hex()
+    assert body.digest == crypto.sha256(data[:-64]) and body.signature == data[-64:]
+    verify_signature(body, site_key.public_key())  # type: ignore[attr-defined]
+
+
 def test_limit_and_short_bodies(tmp_path: Path) -> None:
     data, *_ = _envelope(7)
     with pytest.raises(PayloadTooLarge):
