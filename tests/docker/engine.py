@@ -53,7 +53,24 @@ class Engine:
     started: subprocess.Popen[bytes] | None  # the dockerd we started, if any
 
 
+def _socket_answers() -> bool:
+    """Whether the engine's unix socket accepts connections (probed without the SDK, whose
+    failed connects leave sockets for the garbage collector, a ResourceWarning here)."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if not host.startswith("unix://"):
+        return True  # let the SDK find out
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(2)
+        try:
+            sock.connect(host.removeprefix("unix://"))
+        except OSError:
+            return False
+    return True
+
+
 def _connect() -> docker.DockerClient | None:
+    if not _socket_answers():
+        return None
     try:
         client = docker.from_env(timeout=300)
     except DockerException:
