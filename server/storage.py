@@ -30,8 +30,8 @@ class BlobStore(Protocol):
         """Move a finished temp file (whose sha256 is ``key``) into the store, durably."""
         ...
 
-    def put_bytes(self, data: bytes) -> str:
-        """Store ``data`` durably; returns its key."""
+    def put_bytes(self, data: bytes, key: str | None = None) -> str:
+        """Store ``data`` durably; returns its key (``key``: its sha256, when known)."""
         ...
 
     def get_bytes(self, key: str) -> bytes:
@@ -85,9 +85,14 @@ class FileBlobStore:
         temp_path.replace(target)
         _fsync_dir(target.parent)
 
-    def put_bytes(self, data: bytes) -> str:
-        """Write ``data`` to a temp file, then move it in with `put_file`."""
-        key = hashlib.sha256(data).hexdigest()
+    def put_bytes(self, data: bytes, key: str | None = None) -> str:
+        """Write ``data`` to a temp file, then move it in with `put_file`.
+
+        A caller that has just hashed ``data`` (a bundle's key is its sha256) passes
+        the hex digest as ``key`` and saves a second pass over the bytes.
+        """
+        if key is None:
+            key = hashlib.sha256(data).hexdigest()
         if self._path(key).exists():
             return key
         temp = self.new_temp_path()

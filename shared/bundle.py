@@ -115,20 +115,31 @@ def make_bundle(
 
 
 def bundle_tar(files: BundleFiles) -> bytes:
-    """Pack a bundle as a deterministic, uncompressed tar."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in (
-            (MANIFEST, files.manifest),
-            (WEIGHTS, files.weights),
-            (SIGNATURE, files.signature),
-        ):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o644
-            info.mtime = 0
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+    """Pack a bundle as a deterministic, uncompressed tar, in one copy of the weights.
+
+    The bytes are exactly what `tarfile` writes (PAX format, mode 0644, mtime 0):
+    the member headers come from `tarfile.TarInfo.tobuf`, and the members, their
+    padding, the end-of-archive blocks and the record padding are joined once
+    (`tarfile` would copy the weights through a buffer in 16 KiB steps, then again).
+    """
+    parts: list[bytes | memoryview] = []
+    offset = 0
+    for name, data in (
+        (MANIFEST, files.manifest),
+        (WEIGHTS, files.weights),
+        (SIGNATURE, files.signature),
+    ):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mode = 0o644
+        info.mtime = 0
+        header = info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
+        padding = -len(data) % tarfile.BLOCKSIZE
+        parts += [header, memoryview(data), tarfile.NUL * padding]
+        offset += len(header) + len(data) + padding
+    offset += 2 * tarfile.BLOCKSIZE
+    parts.append(tarfile.NUL * (2 * tarfile.BLOCKSIZE + -offset % tarfile.RECORDSIZE))
+    return b"".join(parts)
 
 
 def write_bundle_dir(files: BundleFiles, path: Path) -> None:

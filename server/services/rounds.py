@@ -160,7 +160,7 @@ class Coordinator:
             if revoked:
                 raise Conflict(f"sites {', '.join(revoked)} are revoked", code="run_state")
             bundle = await self._initial_bundle(run_id, config)
-            await to_thread.run_sync(self._blobs.put_bytes, bundle.data)
+            await to_thread.run_sync(self._blobs.put_bytes, bundle.data, bundle.key)
             moment = now()
             key = self._keys.create(run_id, 1)
             try:
@@ -473,7 +473,7 @@ class Coordinator:
         if base is None or base.version != live.number - 1:
             base = await self._load_bundle(live.run_id, live.number - 1)
         bundle = await to_thread.run_sync(self._consensus, live, base)
-        await to_thread.run_sync(self._blobs.put_bytes, bundle.data)
+        await to_thread.run_sync(self._blobs.put_bytes, bundle.data, bundle.key)
         last = live.number >= live.config.rounds
         next_key = None if last else self._keys.create(live.run_id, live.number + 1)
         moment = now()

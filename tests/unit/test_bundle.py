@@ -106,6 +106,23 @@ def test_round_trip_as_tar_bytes_and_tar_file(tmp_path: Path, signing_key: Ed255
         assert tar.getnames() == [MANIFEST, WEIGHTS, SIGNATURE]
 
 
+@pytest.mark.parametrize("weights_size", [0, 1, 511, 512, 513, 10240, 10241, 100_000])
+def test_tar_bytes_are_what_tarfile_writes(weights_size: int) -> None:
+    weights = (bytes(range(256)) * 400)[:weights_size]
+    files = BundleFiles(manifest=b'{"m":1}', weights=weights, signature=b"ed25519 k s\n")
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in (
+            (MANIFEST, files.manifest),
+            (WEIGHTS, files.weights),
+            (SIGNATURE, files.signature),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tar.addfile(info, io.BytesIO(data))
+    assert bundle_tar(files) == buffer.getvalue()
+
+
 def test_one_of_several_trusted_keys(signing_key, other_signing_key) -> None:
     _, files = build(signing_key)
     keys = {**trusted(other_signing_key), **trusted(signing_key)}
