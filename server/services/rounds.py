@@ -399,7 +399,8 @@ class Coordinator:
                 sha256=body.sha256,
                 num_samples=header.num_samples,
             )
-        live.accumulator.add(tensors, float(header.num_samples))
+        # numpy releases the GIL: off the event loop, which is busy receiving other bodies
+        await to_thread.run_sync(live.accumulator.add, tensors, float(header.num_samples))
         live.counted.add(site_id)
         self._metrics.updates_accepted.inc()
         receipt = UpdateReceipt(
