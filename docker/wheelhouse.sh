@@ -74,7 +74,10 @@ done
 
 if [[ "$TORCH_VARIANT" == "cuda" ]]; then
     # PyPI's default linux torch wheel is the CUDA build; it pulls the nvidia-* runtime wheels.
-    "$PIP" download --quiet --isolated --only-binary=:all: --dest "$OUT/cuda" \
+    # No pip configuration here: a find-links holding the CPU build (as on our machines)
+    # would win over PyPI's CUDA build of the same version.
+    env -u PIP_FIND_LINKS -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null \
+    "$PIP" download --quiet --only-binary=:all: --dest "$OUT/cuda" \
         --index-url "${TORCH_CUDA_INDEX_URL:-https://pypi.org/simple}" \
         --platform manylinux_2_28_x86_64 --python-version 3.11 --implementation cp "$TORCH"
 fi
