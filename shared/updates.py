@@ -34,6 +34,7 @@ MAGIC: Final = b"FSEGUPD1"
 UPDATE_CONTEXT: Final = b"fedseg/update/v1"
 MAX_HEADER_SIZE: Final = 64 * 1024
 _PREFIX = struct.Struct(">8sI")
+PREFIX_SIZE: Final = _PREFIX.size
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,19 +79,27 @@ def seal_update_payload(
     return body + crypto.sign(site_key, crypto.sha256(body))
 
 
-def parse_envelope(data: bytes) -> UpdateEnvelope:
-    """Split an envelope into its parts and parse the header; verifies nothing yet."""
-    if len(data) < _PREFIX.size + crypto.SIGNATURE_SIZE:
+def check_prefix(prefix: bytes, size: int) -> int:
+    """Check an envelope's prefix against its ``size`` in bytes; returns the header's length.
+
+    ``prefix`` starts with the envelope's first `PREFIX_SIZE` bytes. Checks that
+    ``size`` can hold a prefix and a signature before unpacking, then the magic, the
+    header bound, and that the header and a signature fit in ``size``.
+    """
+    if size < _PREFIX.size + crypto.SIGNATURE_SIZE:
         raise IntegrityError("update envelope is truncated", code="truncated")
-    magic, header_length = _PREFIX.unpack_from(data)
+    magic, length = _PREFIX.unpack_from(prefix)
     if magic != MAGIC:
         raise IntegrityError("not a fedseg update envelope", code="malformed_envelope")
-    if header_length > MAX_HEADER_SIZE:
+    if length > MAX_HEADER_SIZE:
         raise IntegrityError("update header is too large", code="malformed_envelope")
-    header_end = _PREFIX.size + header_length
-    if len(data) < header_end + crypto.SIGNATURE_SIZE:
+    if size < _PREFIX.size + length + crypto.SIGNATURE_SIZE:
         raise IntegrityError("update envelope is truncated", code="truncated")
-    header_bytes = data[_PREFIX.size : header_end]
+    return int(length)
+
+
+def parse_header(header_bytes: bytes) -> UpdateHeader:
+    """Parse an envelope's header; refuses one that is invalid or not canonical JSON."""
     try:
         header = UpdateHeader.model_validate_json(header_bytes)
     except ValidationError as exc:
@@ -99,6 +108,14 @@ def parse_envelope(data: bytes) -> UpdateEnvelope:
         ) from None
     if canonical_json(header) != header_bytes:
         raise IntegrityError("update header is not canonical JSON", code="malformed_envelope")
+    return header
+
+
+def parse_envelope(data: bytes) -> UpdateEnvelope:
+    """Split an envelope into its parts and parse the header; verifies nothing yet."""
+    header_end = PREFIX_SIZE + check_prefix(data, len(data))
+    header_bytes = data[PREFIX_SIZE:header_end]
+    header = parse_header(header_bytes)
     body_end = len(data) - crypto.SIGNATURE_SIZE
     return UpdateEnvelope(
         header=header,

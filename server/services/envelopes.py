@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,14 +21,12 @@ from typing import BinaryIO, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from pydantic import ValidationError
 
 from shared import crypto
 from shared.errors import IntegrityError, PayloadTooLarge
-from shared.schemas import UpdateHeader, canonical_json
-from shared.updates import MAGIC, MAX_HEADER_SIZE, UPDATE_CONTEXT
+from shared.schemas import UpdateHeader
+from shared.updates import PREFIX_SIZE, UPDATE_CONTEXT, check_prefix, parse_header
 
-_PREFIX = struct.Struct(">8sI")
 _BATCH_BYTES: Final = 1 << 20
 
 
@@ -146,26 +143,10 @@ class EnvelopeHeader:
 
 def read_header(body: ReceivedBody) -> EnvelopeHeader:
     """Parse the envelope prefix and header; verifies nothing yet."""
-    if body.size < _PREFIX.size + crypto.SIGNATURE_SIZE:
-        raise IntegrityError("update envelope is truncated", code="truncated")
     with body.path.open("rb") as handle:
-        magic, header_length = _PREFIX.unpack(handle.read(_PREFIX.size))
-        if magic != MAGIC:
-            raise IntegrityError("not a fedseg update envelope", code="malformed_envelope")
-        if header_length > MAX_HEADER_SIZE:
-            raise IntegrityError("update header is too large", code="malformed_envelope")
-        payload_offset = _PREFIX.size + header_length
-        if body.size < payload_offset + crypto.SIGNATURE_SIZE:
-            raise IntegrityError("update envelope is truncated", code="truncated")
-        header_bytes = handle.read(header_length)
-    try:
-        header = UpdateHeader.model_validate_json(header_bytes)
-    except ValidationError as exc:
-        raise IntegrityError(
-            f"update header is invalid: {exc.errors()[0]['msg']}", code="malformed_envelope"
-        ) from None
-    if canonical_json(header) != header_bytes:
-        raise IntegrityError("update header is not canonical JSON", code="malformed_envelope")
+        payload_offset = PREFIX_SIZE + check_prefix(handle.read(PREFIX_SIZE), body.size)
+        header_bytes = handle.read(payload_offset - PREFIX_SIZE)
+    header = parse_header(header_bytes)
     return EnvelopeHeader(
         header=header,
         header_bytes=header_bytes,
