@@ -26,14 +26,41 @@ _GROUPS: tuple[tuple[str, str, str | None], ...] = (
 )
 
 
+_OWN_PACKAGES = frozenset({"fedseg", "server", "client", "shared"})
+# The extra that brings each group's third-party dependencies.
+_EXTRAS: dict[str, str] = {"server": "server", "client": "client", "admin": "client"}
+
+
+def _mount_missing_extra(group: str, missing: str) -> None:
+    """Mount a stand-in that says which extra to install, instead of crashing `fedseg`."""
+    extra = _EXTRAS[group]
+
+    def explain(ctx: typer.Context) -> None:
+        typer.echo(
+            f"fedseg {group}: the Python package {missing!r} is not installed; "
+            f"run: pip install 'fedseg[{extra}]'",
+            err=True,
+        )
+        raise typer.Exit(2)
+
+    app.command(
+        name=group,
+        help=f"(unavailable here: pip install 'fedseg[{extra}]')",
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    )(explain)
+
+
 def _mount() -> None:
     for module_name, attribute, group in _GROUPS:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            if exc.name == module_name:  # that role is not built yet in this tree
-                continue
-            raise
+            if exc.name is None or exc.name.split(".")[0] in _OWN_PACKAGES:
+                raise
+            # a third-party dependency of an optional extra is missing
+            if group is not None:
+                _mount_missing_extra(group, exc.name)
+            continue
         target = getattr(module, attribute)
         if group is None:
             target(app)
