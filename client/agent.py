@@ -27,7 +27,7 @@ from typing import Literal, Protocol
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from client.state import StateDir, write_atomic
+from client.state import StateDir
 from client.training import (
     Precision,
     SiteData,
@@ -39,6 +39,7 @@ from client.training import (
 from shared import crypto, routes
 from shared.bundle import open_bundle
 from shared.errors import AuthError, BundleError, Conflict, FedsegError, Unavailable
+from shared.files import write_atomic
 from shared.schemas import (
     SignedTask,
     SiteState,

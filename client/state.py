@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -33,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from shared import crypto
 from shared.errors import ConfigError
+from shared.files import write_atomic
 
 SITE_KEY: Final = Path("keys/site_ed25519.pem")
 SERVER: Final = Path("server.json")
@@ -65,30 +64,6 @@ class Credentials(BaseModel):
 
     site: str
     credential: str
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via temp file, fsync and rename: all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with tmp.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True, slots=True)
