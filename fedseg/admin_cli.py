@@ -14,13 +14,15 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from rich.console import RenderableType
 from rich.live import Live
 
 from fedseg import admin_views as views
@@ -29,10 +31,11 @@ from fedseg.console import errors_as_messages, jsonable, print_json, print_json_
 from shared import crypto
 from shared.bundle import open_bundle, read_bundle_files
 from shared.errors import BundleError, FedsegError, IntegrityError, InvalidInput
-from shared.schemas import RunConfig, RunInfo
+from shared.schemas import RunConfig
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 TOKEN_ENV = "FEDSEG_ADMIN_TOKEN"  # noqa: S105 - the variable's name, not a secret
+_T = TypeVar("_T")
 
 app = typer.Typer(
     help="Research admin: sites, runs, models and the audit log, over the REST API.",
@@ -76,6 +79,14 @@ def _client(server: str, token_file: Path | None) -> AdminClient:
     return AdminClient(server, _token(token_file))
 
 
+def _show(value: _T, as_json: bool, view: Callable[[_T], RenderableType]) -> None:
+    """Print ``value`` as JSON for scripts, or else as ``view`` renders it."""
+    if as_json:
+        print_json(value)
+    else:
+        stdout.print(view(value))
+
+
 # --- sites -------------------------------------------------------------------------------
 
 
@@ -115,10 +126,7 @@ def sites_list(
     """List registered sites."""
     with errors_as_messages(), _client(server, token_file) as client:
         sites = client.list_sites()
-    if as_json:
-        print_json(sites)
-    else:
-        stdout.print(views.sites_table(sites))
+    _show(sites, as_json, views.sites_table)
 
 
 @sites_app.command("revoke")
@@ -131,10 +139,7 @@ def sites_revoke(
     """Revoke a site: its credential stops working at once."""
     with errors_as_messages(), _client(server, token_file) as client:
         site = client.revoke_site(name)
-    if as_json:
-        print_json(site)
-    else:
-        stdout.print(f"Site [bold]{site.name}[/] is {site.status}.")
+    _show(site, as_json, lambda revoked: f"Site [bold]{revoked.name}[/] is {revoked.status}.")
 
 
 # --- runs --------------------------------------------------------------------------------
@@ -295,10 +300,13 @@ def runs_create(
             stdout.print(f"Start it with: fedseg admin runs start {run.id}", markup=False)
 
 
-def _run_action(run_ref: str, server: str, token_file: Path | None, action: str) -> RunInfo:
-    with _client(server, token_file) as client:
+def _run_action(
+    run_ref: str, server: str, token_file: Path | None, action: str, as_json: bool
+) -> None:
+    with errors_as_messages(), _client(server, token_file) as client:
         run = client.find_run(run_ref)
-        return client.start_run(run.id) if action == "start" else client.stop_run(run.id)
+        info = client.start_run(run.id) if action == "start" else client.stop_run(run.id)
+    _show(info, as_json, views.run_summary)
 
 
 @runs_app.command("start")
@@ -309,12 +317,7 @@ def runs_start(
     as_json: JsonOpt = False,
 ) -> None:
     """Start a created run: the server opens round 1."""
-    with errors_as_messages():
-        info = _run_action(run, server, token_file, "start")
-    if as_json:
-        print_json(info)
-    else:
-        stdout.print(views.run_summary(info))
+    _run_action(run, server, token_file, "start", as_json)
 
 
 @runs_app.command("stop")
@@ -325,12 +328,7 @@ def runs_stop(
     as_json: JsonOpt = False,
 ) -> None:
     """Stop a run: the open round is cancelled and no further round opens."""
-    with errors_as_messages():
-        info = _run_action(run, server, token_file, "stop")
-    if as_json:
-        print_json(info)
-    else:
-        stdout.print(views.run_summary(info))
+    _run_action(run, server, token_file, "stop", as_json)
 
 
 @runs_app.command("list")
@@ -342,10 +340,7 @@ def runs_list(
     """List runs."""
     with errors_as_messages(), _client(server, token_file) as client:
         runs = client.list_runs()
-    if as_json:
-        print_json(runs)
-    else:
-        stdout.print(views.runs_table(runs))
+    _show(runs, as_json, views.runs_table)
 
 
 @runs_app.command("status")
@@ -422,10 +417,7 @@ def models_list(
     with errors_as_messages(), _client(server, token_file) as client:
         info = client.find_run(run)
         models = client.list_models(info.id)
-    if as_json:
-        print_json(models)
-    else:
-        stdout.print(views.models_table(models))
+    _show(models, as_json, views.models_table)
 
 
 def load_server_key(spec: str) -> Ed25519PublicKey:
@@ -586,7 +578,4 @@ def audit(
         events = (
             client.audit_latest(limit) if after is None else client.audit(limit=limit, after=after)
         )
-    if as_json:
-        print_json(events)
-    else:
-        stdout.print(views.audit_table(events))
+    _show(events, as_json, views.audit_table)
