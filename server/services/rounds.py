@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from server.db.engine import Database
-from server.db.models import ModelVersionRow, RoundRow, UpdateRow
+from server.db.models import ModelVersionRow, RoundRow, RunRow, UpdateRow
 from server.db.repositories import Repository, run_config
 from server.metrics import Metrics
 from server.services.aggregation import Accumulator
@@ -101,6 +101,14 @@ class LiveRound:
         return len(self.counted) == len(self.members)
 
 
+async def find_run(repo: Repository, run_id: str) -> RunRow:
+    """The run with this id; `NotFound` (``unknown_run``) when there is none."""
+    run = await repo.run(run_id)
+    if run is None:
+        raise NotFound(f"run {run_id} does not exist", code="unknown_run")
+    return run
+
+
 class Coordinator:
     """Owns the live rounds: starts runs, takes updates, closes, fails and resumes rounds."""
 
@@ -148,9 +156,7 @@ class Coordinator:
         actor.require_admin()
         async with self._lifecycle:
             async with self._db.transaction() as repo:
-                run = await repo.run(run_id)
-                if run is None:
-                    raise NotFound(f"run {run_id} does not exist", code="unknown_run")
+                run = await find_run(repo, run_id)
                 if run.status != "created":
                     raise Conflict(f"run {run_id} is {run.status}, not created", code="run_state")
                 config = run_config(run)
@@ -165,11 +171,11 @@ class Coordinator:
             key = self._keys.create(run_id, 1)
             try:
                 async with self._db.transaction() as repo:
-                    run = await repo.run(run_id)
-                    assert run is not None
+                    started = await repo.run(run_id)
+                    assert started is not None
                     await repo.add_model_version(_version_row(bundle, moment))
                     row = await self._open_round(repo, run_id, 1, config, bundle, key, moment)
-                    run.status, run.started_at, run.current_round = "running", moment, 1
+                    started.status, started.started_at, started.current_round = "running", moment, 1
                     await repo.audit(
                         actor=actor.actor, action="run.started", target=f"run:{run_id}", now=moment
                     )
@@ -233,9 +239,7 @@ class Coordinator:
         actor.require_admin()
         async with self._lifecycle:
             async with self._db.transaction() as repo:
-                run = await repo.run(run_id)
-                if run is None:
-                    raise NotFound(f"run {run_id} does not exist", code="unknown_run")
+                run = await find_run(repo, run_id)
                 if run.status not in ("created", "running"):
                     raise Conflict(f"run {run_id} is already {run.status}", code="run_state")
             live = next((item for item in self._live.values() if item.run_id == run_id), None)
@@ -305,9 +309,7 @@ class Coordinator:
         """Cheap checks before any body byte is read: run, membership, round state."""
         for attempt in range(2):
             async with self._db.transaction() as repo:
-                run = await repo.run(run_id)
-                if run is None:
-                    raise NotFound(f"run {run_id} does not exist", code="unknown_run")
+                run = await find_run(repo, run_id)
                 if not await repo.is_member(run_id, site_id):
                     raise Forbidden(f"this site is not a member of run {run_id}")
                 row = await repo.round(run_id, number)

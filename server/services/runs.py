@@ -11,7 +11,7 @@ from server.db.models import RunRow
 from server.db.repositories import model_version_info, run_info
 from server.services.auth import Principal, now
 from server.services.publishing import Bundle, bundle_from_bytes, check_model
-from server.services.rounds import Coordinator
+from server.services.rounds import Coordinator, find_run
 from server.storage import BlobStore
 from shared.errors import Forbidden, InvalidInput, NotFound, Unavailable
 from shared.schemas import ModelVersion, RoundInfo, RunCreate, RunInfo, SiteProgress
@@ -75,10 +75,7 @@ class RunService:
         """One run."""
         actor.require_reader()
         async with self._db.transaction() as repo:
-            row = await repo.run(run_id)
-            if row is None:
-                raise NotFound(f"run {run_id} does not exist", code="unknown_run")
-            return run_info(row)
+            return run_info(await find_run(repo, run_id))
 
     async def start(self, run_id: str, actor: Principal) -> RunInfo:
         """Start a created run: version 0 is signed and round 1 opens."""
@@ -94,8 +91,7 @@ class RunService:
         """Every round of a run, with per-site progress."""
         actor.require_reader()
         async with self._db.transaction() as repo:
-            if await repo.run(run_id) is None:
-                raise NotFound(f"run {run_id} does not exist", code="unknown_run")
+            await find_run(repo, run_id)
             numbers = [row.number for row in await repo.rounds(run_id)]
         return [await self.round(run_id, number, actor) for number in numbers]
 
@@ -103,8 +99,7 @@ class RunService:
         """One round with what each member site has done in it."""
         actor.require_reader()
         async with self._db.transaction() as repo:
-            if await repo.run(run_id) is None:
-                raise NotFound(f"run {run_id} does not exist", code="unknown_run")
+            await find_run(repo, run_id)
             row = await repo.round(run_id, number)
             if row is None:
                 raise NotFound(f"run {run_id} has no round {number}", code="unknown_round")
@@ -156,8 +151,7 @@ class RunService:
         """Every signed model version of a run."""
         actor.require_reader()
         async with self._db.transaction() as repo:
-            if await repo.run(run_id) is None:
-                raise NotFound(f"run {run_id} does not exist", code="unknown_run")
+            await find_run(repo, run_id)
             return [model_version_info(row) for row in await repo.model_versions(run_id)]
 
     async def bundle(
@@ -168,9 +162,7 @@ class RunService:
         ``record`` audits the download; resumed (ranged) downloads pass False.
         """
         async with self._db.transaction() as repo:
-            run = await repo.run(run_id)
-            if run is None:
-                raise NotFound(f"run {run_id} does not exist", code="unknown_run")
+            await find_run(repo, run_id)
             if actor.role == "site":
                 if actor.site_id is None or not await repo.is_member(run_id, actor.site_id):
                     raise Forbidden(f"this site is not a member of run {run_id}")
