@@ -54,19 +54,18 @@ def build_bundle(
     )
     data = bundle_tar(files)
     del files
-    return Bundle(
-        run_id=run_id,
-        version=version,
-        manifest=manifest,
-        data=data,
-        key=hashlib.sha256(data).hexdigest(),
-    )
+    return _bundle(run_id=run_id, version=version, manifest=manifest, data=data)
 
 
 def bundle_from_bytes(run_id: str, version: int, data: bytes) -> Bundle:
     """Re-read one of our own stored bundles (its manifest only; trusted storage)."""
     manifest_bytes = _member(data, MANIFEST)
     manifest = BundleManifest.model_validate_json(bytes(manifest_bytes))
+    return _bundle(run_id=run_id, version=version, manifest=manifest, data=data)
+
+
+def _bundle(*, run_id: str, version: int, manifest: BundleManifest, data: bytes) -> Bundle:
+    """A `Bundle` of ``data``, keyed by its sha256 (hashed here, once)."""
     return Bundle(
         run_id=run_id,
         version=version,
