@@ -301,6 +301,14 @@ def _small(seconds: float | None) -> str:
     return f"{seconds * 1000:.0f}ms" if seconds < 1 else f"{seconds:.2f}s"
 
 
+def _dice_axis(axis: Any, *, title: str, xs: list[int]) -> None:
+    """Title, labels, Dice range, round ticks, grid and legend of one `plot_dice` panel."""
+    axis.set(title=title, xlabel="round", ylabel="Dice", ylim=(0, 1))
+    axis.set_xticks(xs)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+
+
 def plot_dice(report: Mapping[str, Any], path: Path) -> None:
     """``dice.png``: mean Dice per round (each site, their mean, the baseline) and by region."""
     import matplotlib
@@ -347,15 +355,7 @@ def plot_dice(report: Mapping[str, Any], path: Path) -> None:
             color="tab:red",
             label="central baseline",
         )
-    left.set(
-        title="Mean Dice on each site's validation split",
-        xlabel="round",
-        ylabel="Dice",
-        ylim=(0, 1),
-    )
-    left.set_xticks(xs)
-    left.grid(alpha=0.3)
-    left.legend(fontsize=8)
+    _dice_axis(left, title="Mean Dice on each site's validation split", xs=xs)
     for region, colour in (("tc", "tab:orange"), ("wt", "tab:green"), ("et", "tab:purple")):
         points = [
             (entry["version"], entry["mean"][region])
@@ -364,15 +364,7 @@ def plot_dice(report: Mapping[str, Any], path: Path) -> None:
         ]
         if points:
             right.plot(*zip(*points, strict=True), marker="o", color=colour, label=region.upper())
-    right.set(
-        title="Federated model by region (mean over sites)",
-        xlabel="round",
-        ylabel="Dice",
-        ylim=(0, 1),
-    )
-    right.set_xticks(xs)
-    right.grid(alpha=0.3)
-    right.legend(fontsize=8)
+    _dice_axis(right, title="Federated model by region (mean over sites)", xs=xs)
     tmp = path.with_name(f".{path.stem}.tmp.png")
     figure.savefig(tmp, dpi=110)
     plt.close(figure)
