@@ -74,9 +74,21 @@ def enroll(
     state_dir: Annotated[
         Path | None, typer.Option("--state-dir", help="The site's state directory.")
     ] = None,
+    expect_fingerprint: Annotated[
+        str | None,
+        typer.Option(
+            "--server-fingerprint",
+            envvar="FEDSEG_SERVER_FINGERPRINT",
+            help="The server key fingerprint the admin gave you: refuse to pin any other key.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Make the site's key, enroll with the server, pin its key, store the credential."""
+    """Make the site's key, enroll with the server, pin its key, store the credential.
+
+    With ``--server-fingerprint`` the key is checked against the one given out of band,
+    so a man in the middle at enrollment is refused instead of pinned.
+    """
     from client.state import Credentials, ServerPin, StateDir
     from client.transport import HttpTransport, RetryPolicy
     from shared import crypto
@@ -104,6 +116,14 @@ def enroll(
             crypto.fingerprint(server_key) != answer.server_fingerprint
         ):
             _fail("the server's key does not match its id or fingerprint; not pinning it")
+        if expect_fingerprint is not None and not crypto.same_fingerprint(
+            expect_fingerprint, crypto.fingerprint(server_key)
+        ):
+            _fail(
+                "the server's key fingerprint is "
+                f"{crypto.fingerprint(server_key)}, not the expected {expect_fingerprint}; "
+                "not pinning it (ask the admin for a new token and the right fingerprint)"
+            )
         pin = ServerPin(
             server_url=server_url,
             site=answer.site,

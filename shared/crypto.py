@@ -160,6 +160,15 @@ def fingerprint(public_key: Ed25519PublicKey | X25519PublicKey) -> str:
     return " ".join(digest[i : i + 4] for i in range(0, len(digest), 4))
 
 
+def same_fingerprint(given: str, actual: str) -> bool:
+    """Compare fingerprints as people type them: case, spaces and colons do not matter."""
+
+    def normal(text: str) -> str:
+        return "".join(ch for ch in text.upper() if ch not in " :\t")
+
+    return normal(given) == normal(actual) and len(normal(actual)) == 64
+
+
 # --- sealing -----------------------------------------------------------------------------
 
 

@@ -256,3 +256,13 @@ def test_any_single_byte_change_of_a_sealed_payload_is_refused(
     assert crypto.unseal(key, sealed, AD) == data
     with pytest.raises(IntegrityError):
         crypto.unseal(key, flip(sealed, position % len(sealed), mask), AD)
+
+
+def test_same_fingerprint_ignores_case_spaces_and_colons():
+    actual = crypto.fingerprint(crypto.generate_signing_key().public_key())
+    assert crypto.same_fingerprint(actual, actual)
+    assert crypto.same_fingerprint(actual.lower().replace(" ", ":"), actual)
+    assert crypto.same_fingerprint(actual.replace(" ", ""), actual)
+    assert not crypto.same_fingerprint(actual[:-1] + ("0" if actual[-1] != "0" else "1"), actual)
+    assert not crypto.same_fingerprint(actual[:20], actual)
+    assert not crypto.same_fingerprint("", "")
