@@ -255,16 +255,10 @@ class AdminClient:
             params["after"] = after
         return self._many(AuditEvent, routes.AUDIT, params=params)
 
-    def audit_latest(self, limit: int, *, page: int = AUDIT_PAGE) -> list[AuditEvent]:
-        """The newest ``limit`` audit events, oldest of them first (pages to the end)."""
-        kept: list[AuditEvent] = []
-        after = 0
-        while True:
-            events = self.audit(limit=page, after=after)
-            kept = (kept + events)[-limit:]
-            if len(events) < page:
-                return kept
-            after = max(event.id for event in events)
+    def audit_latest(self, limit: int) -> list[AuditEvent]:
+        """The newest ``limit`` audit events (at most a page), oldest of them first."""
+        params = {"limit": min(limit, AUDIT_PAGE), "newest": "true"}
+        return self._many(AuditEvent, routes.AUDIT, params=params)[::-1]
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -39,7 +39,7 @@ RUN_STOP: Final = f"{PREFIX}/runs/{{run_id}}/stop"  # POST -> RunInfo
 ROUNDS: Final = f"{PREFIX}/runs/{{run_id}}/rounds"  # GET -> list[RoundInfo]
 ROUND: Final = f"{PREFIX}/runs/{{run_id}}/rounds/{{round}}"  # GET -> RoundInfo
 MODELS: Final = f"{PREFIX}/runs/{{run_id}}/models"  # GET -> list[ModelVersion]
-AUDIT: Final = f"{PREFIX}/audit"  # GET ?limit=&after= -> list[AuditEvent]
+AUDIT: Final = f"{PREFIX}/audit"  # GET ?limit=&after=&newest= -> list[AuditEvent]
 
 PROBLEM_CONTENT_TYPE: Final = "application/problem+json"
 BUNDLE_CONTENT_TYPE: Final = "application/x-tar"

@@ -133,6 +133,9 @@ async def read_audit(
     services: ServicesDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     after: Annotated[int, Query(ge=0, description="return events with a larger id")] = 0,
+    newest: Annotated[
+        bool, Query(description="the newest `limit` events, newest first (else oldest first)")
+    ] = False,
 ) -> list[AuditEvent]:
     """Append-only: who did what, when, to what."""
-    return await services.operations.audit(principal, limit=limit, after=after)
+    return await services.operations.audit(principal, limit=limit, after=after, newest=newest)

@@ -271,14 +271,14 @@ class Repository:
         )
         await self.session.flush()
 
-    async def audit_events(self, *, limit: int, after: int) -> Sequence[AuditEventRow]:
-        """Audit events with id > ``after``, oldest first."""
+    async def audit_events(
+        self, *, limit: int, after: int, newest: bool = False
+    ) -> Sequence[AuditEventRow]:
+        """Audit events with id > ``after``: the first ``limit`` of them, or the newest."""
+        order = AuditEventRow.id.desc() if newest else AuditEventRow.id
         return (
             await self.session.scalars(
-                select(AuditEventRow)
-                .where(AuditEventRow.id > after)
-                .order_by(AuditEventRow.id)
-                .limit(limit)
+                select(AuditEventRow).where(AuditEventRow.id > after).order_by(order).limit(limit)
             )
         ).all()
 

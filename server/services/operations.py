@@ -21,14 +21,17 @@ class OperationsService:
         self._db = db
         self._blobs = blobs
 
-    async def audit(self, actor: Principal, *, limit: int, after: int) -> list[AuditEvent]:
-        """Audit events after id ``after``, oldest first, at most ``limit``."""
+    async def audit(
+        self, actor: Principal, *, limit: int, after: int, newest: bool = False
+    ) -> list[AuditEvent]:
+        """Audit events after id ``after``, at most ``limit``: oldest first, or newest first."""
         actor.require_reader()
         if not 1 <= limit <= MAX_AUDIT_PAGE or after < 0:
             raise InvalidInput(f"limit must be 1..{MAX_AUDIT_PAGE} and after >= 0")
         async with self._db.transaction() as repo:
             return [
-                audit_event_info(row) for row in await repo.audit_events(limit=limit, after=after)
+                audit_event_info(row)
+                for row in await repo.audit_events(limit=limit, after=after, newest=newest)
             ]
 
     async def ready(self) -> None:

@@ -153,6 +153,12 @@ async def test_audit_log_records_who_did_what(harness: Harness) -> None:
     ).json()
     assert [item["id"] for item in page] == [events[2].id, events[3].id]
     assert all(item["id"] > 0 for item in page)
+    newest = (
+        await harness.client.get(
+            routes.AUDIT, params={"limit": 3, "newest": "true"}, headers=harness.admin
+        )
+    ).json()
+    assert [item["id"] for item in newest] == [event.id for event in events[::-1][:3]]
 
 
 async def test_operations_endpoints(harness: Harness) -> None:
