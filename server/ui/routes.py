@@ -26,6 +26,7 @@ from server.api.deps import PrincipalDep, ServicesDep
 from server.services.auth import Principal
 from server.ui import charts, views
 from server.ui.sessions import SESSION_COOKIE, Session, SessionStore
+from shared import routes
 from shared.errors import AuthError, FedsegError, Forbidden, InvalidInput
 from shared.routes import BUNDLE_CONTENT_TYPE
 from shared.schemas import SignInLink
@@ -192,7 +193,7 @@ async def logout(request: Request, user: UserDep) -> Response:
     return response
 
 
-@links.post("/api/v1/ui/sign-in-links", status_code=201, summary="One-time dashboard link")
+@links.post(routes.UI_SIGN_IN_LINKS, status_code=201, summary="One-time dashboard link")
 async def create_sign_in_link(
     request: Request, principal: PrincipalDep, token: Annotated[str, Depends(bearer_token)]
 ) -> SignInLink:
