@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 # The CPU build of torch lies on disk on our machines; pin it so pip never pulls CUDA.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install test lint typecheck unit demo test-docker wheelhouse clean
+.PHONY: install test lint typecheck unit demo test-docker test-browser wheelhouse clean
 
 install: $(VENV)/.installed
 
@@ -24,7 +24,7 @@ typecheck: install
 	$(BIN)/mypy shared server client fedseg
 
 test: lint typecheck
-	$(BIN)/pytest -m "not docker"
+	$(BIN)/pytest -m "not docker and not browser"
 
 # A whole federation on this machine: server + 3 sites, 5 rounds (about 3-4 minutes on 2 cores).
 # `make demo DEMO_ARGS=--baseline` adds the central baseline (7-8 minutes in all).
@@ -39,6 +39,10 @@ unit: install
 # into ./wheelhouse: the images install with pip --no-index (docker/wheelhouse.sh).
 wheelhouse: install
 	PIP=$(BIN)/pip PYTHON=$(BIN)/python TORCH="$(TORCH)" docker/wheelhouse.sh
+
+# The dashboard in headless Chromium (Debian's chromium and chromium-driver must be installed).
+test-browser: install
+	$(BIN)/pytest -m browser tests/browser
 
 # Real images and compose on a Docker engine (started here if none runs; needs root).
 test-docker: wheelhouse

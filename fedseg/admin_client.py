@@ -27,6 +27,7 @@ from shared.schemas import (
     RunConfig,
     RunCreate,
     RunInfo,
+    SignInLink,
     SiteCreate,
     SiteCreated,
     SiteInfo,
@@ -151,6 +152,11 @@ class AdminClient:
         except FedsegError:
             return False
         return True
+
+    def sign_in_link(self) -> str:
+        """A one-time dashboard sign-in URL for this admin (works once, for 10 minutes)."""
+        link = self._one(SignInLink, "POST", routes.UI_SIGN_IN_LINKS)
+        return f"{self.base_url}{link.path}"
 
     # --- sites ----------------------------------------------------------------------------
 

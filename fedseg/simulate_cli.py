@@ -27,7 +27,7 @@ from fedseg.console import duration, errors_as_messages, stderr, stdout
 from fedseg.report import build_report, dice_table, plot_dice, timing_table, write_report
 from fedseg.simulate import Federation, SimulationConfig, prepare_workdir
 from fedseg.simulate_procs import TerminationRequested, sigterm_as_interrupt
-from shared import crypto
+from shared import crypto, routes
 from shared.bundle import open_bundle
 from shared.errors import FedsegError
 from shared.schemas import RoundInfo, RunInfo
@@ -183,6 +183,11 @@ class Simulation:
             f"  run {run.id}: admin token in {config.workdir / 'admin-token'}; try "
             f"FEDSEG_ADMIN_TOKEN=$(cat {config.workdir / 'admin-token'}) fedseg admin runs "
             f"status {run.id} --server {federation.base_url}",
+            markup=False,
+        )
+        stdout.print(
+            f"  dashboard: {federation.admin.sign_in_link()} (one-time sign-in link; "
+            f"afterwards sign in at {federation.base_url}{routes.UI} with the admin token)",
             markup=False,
         )
         since = datetime.now(UTC)

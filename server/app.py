@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from anyio import to_thread
 from fastapi import FastAPI
 
+from server import ui
 from server.api import ROUTERS, problems
 from server.db.engine import Database, make_engine, migrate
 from server.metrics import Metrics
@@ -50,6 +51,7 @@ _TAGS = [
     {"name": "runs", "description": "Runs, rounds and model versions (admin; viewers read)."},
     {"name": "audit", "description": "The append-only audit log (admin and viewer)."},
     {"name": "operations", "description": "Health, readiness and Prometheus metrics."},
+    {"name": "dashboard", "description": "Sign-in links for the web dashboard under /ui."},
 ]
 
 
@@ -107,6 +109,7 @@ def create_app(settings: Settings) -> FastAPI:
     problems.install(app)
     for router in ROUTERS:
         app.include_router(router)
+    ui.install(app)
     return app
 
 

@@ -40,6 +40,10 @@ ROUNDS: Final = f"{PREFIX}/runs/{{run_id}}/rounds"  # GET -> list[RoundInfo]
 ROUND: Final = f"{PREFIX}/runs/{{run_id}}/rounds/{{round}}"  # GET -> RoundInfo
 MODELS: Final = f"{PREFIX}/runs/{{run_id}}/models"  # GET -> list[ModelVersion]
 AUDIT: Final = f"{PREFIX}/audit"  # GET ?limit=&after=&newest= -> list[AuditEvent]
+UI_SIGN_IN_LINKS: Final = f"{PREFIX}/ui/sign-in-links"  # POST -> SignInLink (one-time)
+
+# the dashboard (HTML pages, cookie session; not part of the REST API)
+UI: Final = "/ui/"
 
 PROBLEM_CONTENT_TYPE: Final = "application/problem+json"
 BUNDLE_CONTENT_TYPE: Final = "application/x-tar"

@@ -302,6 +302,15 @@ class UpdateReceipt(WireModel):
     received_at: datetime
 
 
+# --- dashboard ---------------------------------------------------------------------------
+
+
+class SignInLink(WireModel):
+    """A one-time dashboard sign-in path (relative to the server's address)."""
+
+    path: str
+
+
 # --- audit -------------------------------------------------------------------------------
 
 

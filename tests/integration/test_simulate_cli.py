@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -56,6 +57,7 @@ def test_simulate_writes_report_and_plot_and_leaves_no_process(tmp_path):
             proc.wait()
     assert proc.returncode == 0, out[-4000:]
     assert "Validation Dice" in out
+    assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/ui/signin\?code=\S+", out), out[:3000]
     report = json.loads((workdir / "report.json").read_text())
     assert report["run"]["status"] == "completed"
     versions = report["dice_by_version"]

@@ -26,6 +26,7 @@ RULES: list[tuple[str, tuple[str, ...], str]] = [
     ("server", ("fedseg",), "server and client never import the command line"),
     ("client", ("fedseg",), "server and client never import the command line"),
     ("server.api", ("sqlalchemy", "server.db"), "routes call services; no SQL in server.api"),
+    ("server.ui", ("sqlalchemy", "server.db"), "pages call services; no SQL in server.ui"),
     ("server.services", ("server.api", "fastapi", "starlette"), "services know no HTTP"),
     ("server.db", ("server.api", "server.services"), "layers run api -> services -> db"),
     ("server.storage", ("server.api", "server.services"), "layers run api -> services -> db"),
