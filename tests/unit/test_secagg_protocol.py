@@ -1,0 +1,404 @@
+"""Whole rounds in process: exact to the quantisation bound, dropouts, refusals, no leaks."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from shared.errors import Conflict, IntegrityError, InvalidInput
+from shared.secagg import masks
+from shared.secagg import site as site_steps
+from shared.secagg.config import levels, weight_cap
+from shared.secagg.messages import UnmaskAnswer, UnmaskRequest
+from tests.unit.secagg_rounds import (
+    CONTEXT,
+    Round,
+    fedavg,
+    make_spec,
+    mask,
+    run_round,
+    share,
+    start,
+    unmask,
+    upload,
+)
+
+SPEC = make_spec({"conv.weight": (4, 3, 3), "conv.bias": (4,), "head": (50,)})
+CLIP = 0.05
+
+
+def random_deltas(
+    names: list[str], seed: int, scale: float = 0.02
+) -> dict[str, dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return {
+        name: {item.name: rng.normal(0, scale, item.shape).astype(np.float32) for item in SPEC}
+        for name in names
+    }
+
+
+def bound(contributors: int, total_weight: int, clip: float = CLIP, bits: int = 16) -> float:
+    """Stochastic rounding errs by < 1 unit per site: the mean by < n / (L W / c); plus float32."""
+    return contributors * clip / (levels(bits) * total_weight) + 1e-7 * clip
+
+
+def assert_close(
+    mean: dict[str, np.ndarray], reference: dict[str, np.ndarray], tolerance: float
+) -> None:
+    assert set(mean) == set(reference)
+    for name in reference:
+        assert mean[name].shape == reference[name].shape
+        assert np.max(np.abs(mean[name] - reference[name])) <= tolerance, name
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.data(), count=st.integers(min_value=3, max_value=8), bits=st.sampled_from([12, 16, 20])
+)
+def test_unmasked_mean_equals_fedavg_within_the_quantisation_bound(
+    data: st.DataObject, count: int, bits: int
+) -> None:
+    names = [f"site-{i}" for i in range(count)]
+    threshold = data.draw(st.integers(min_value=2, max_value=count))
+    cap = min(weight_cap(bits=bits, sites=count), 10_000)
+    weights = {name: data.draw(st.integers(min_value=1, max_value=cap)) for name in names}
+    dropped = frozenset(data.draw(st.lists(st.sampled_from(names), max_size=count - threshold)))
+    scale = data.draw(st.sampled_from([0.001, 0.02, 0.2]))  # 0.2: many coordinates get clipped
+    deltas = random_deltas(names, data.draw(st.integers(0, 2**16)), scale)
+    _state, mean, total = run_round(
+        deltas, weights, threshold=threshold, spec=SPEC, drop_before_input=dropped, bits=bits
+    )
+    kept = {name: deltas[name] for name in names if name not in dropped}
+    assert total == sum(weights[name] for name in kept)
+    assert_close(mean, fedavg(kept, weights, CLIP), bound(len(kept), total, bits=bits))
+
+
+def test_quantisation_error_is_noise_not_bias() -> None:
+    names = ["a", "b", "c"]
+    deltas = random_deltas(names, 7)
+    weights = {"a": 1, "b": 1, "c": 1}
+    _state, mean, total = run_round(deltas, weights, threshold=2, spec=SPEC, bits=8)
+    error = np.concatenate([(mean[k] - fedavg(deltas, weights, CLIP)[k]).ravel() for k in mean])
+    unit = CLIP / (levels(8) * total)
+    assert np.max(np.abs(error)) < 3 * unit
+    assert abs(error.mean()) < 0.2 * unit  # unbiased: 198 coordinates average out
+
+
+def full_round_until_inputs(
+    names: list[str], threshold: int, *, missing: frozenset[str] = frozenset()
+):
+    deltas = random_deltas(names, 3)
+    weights = {name: 10 + index for index, name in enumerate(names)}
+    state = start(names, threshold=threshold, spec=SPEC)
+    share(state)
+    for name in names:
+        if name not in missing:
+            upload(state, mask(state, name, deltas[name], weights[name]))
+    return state, deltas, weights
+
+
+def answers_from(state: Round, request: UnmaskRequest, responders: list[str]) -> list[UnmaskAnswer]:
+    out = []
+    for name in responders:
+        s = state.sites[name]
+        answer, s.revealed = site_steps.answer_unmask(
+            request,
+            site=name,
+            context=CONTEXT,
+            held=s.held,
+            threshold=state.threshold,
+            revealed=s.revealed,
+        )
+        out.append(answer)
+    return out
+
+
+def test_a_site_that_drops_after_its_masked_input_still_counts() -> None:
+    names = ["a", "b", "c", "d", "e"]
+    state, deltas, weights = full_round_until_inputs(names, threshold=3)
+    request = state.server.unmask_request()
+    assert request.survivors == set(names) and not request.dropped
+    mean, total = state.server.unmask(
+        answers_from(state, request, ["a", "c", "e"]), request
+    )  # b, d gone
+    assert total == sum(weights.values())
+    assert_close(mean, fedavg(deltas, weights, CLIP), bound(5, total))
+
+
+def test_a_site_that_drops_before_its_masked_input_is_left_out() -> None:
+    names = ["a", "b", "c", "d"]
+    state, deltas, weights = full_round_until_inputs(names, threshold=3, missing=frozenset({"b"}))
+    request = state.server.unmask_request()
+    assert request.dropped == {"b"}
+    mean, total = state.server.unmask(answers_from(state, request, ["a", "c", "d"]), request)
+    kept = {name: deltas[name] for name in ("a", "c", "d")}
+    assert total == sum(weights[name] for name in kept)
+    assert_close(mean, fedavg(kept, weights, CLIP), bound(3, total))
+
+
+def test_a_site_that_drops_before_sharing_is_not_in_the_round() -> None:
+    names = ["a", "b", "c", "d"]
+    deltas = random_deltas(names, 5)
+    weights = dict.fromkeys(names, 4)
+    state, mean, total = run_round(
+        deltas, weights, threshold=3, spec=SPEC, drop_before_share=frozenset({"d"})
+    )
+    assert total == 12 and "d" not in state.server.shared
+    assert_close(mean, fedavg({n: deltas[n] for n in "abc"}, weights, CLIP), bound(3, 12))
+    late = mask(state, "d", deltas["d"], 4)  # it cannot join after the share step
+    with pytest.raises(Conflict, match="did not finish the share step"):
+        state.server.add(late)
+
+
+def test_sparse_graph_above_sixteen_sites_with_dropouts() -> None:
+    names = [f"s{i:02d}" for i in range(20)]
+    deltas = random_deltas(names, 11)
+    weights = {name: 1 + i for i, name in enumerate(names)}
+    dropped = frozenset({"s03", "s11"})
+    state, mean, total = run_round(
+        deltas, weights, threshold=3, spec=SPEC, degree=4, drop_before_input=dropped
+    )
+    assert all(len(peers) == 4 for peers in state.graph.values())
+    kept = {n: deltas[n] for n in names if n not in dropped}
+    assert_close(mean, fedavg(kept, weights, CLIP), bound(len(kept), total))
+
+
+def stored_arrays(state: Round) -> list[np.ndarray]:
+    return [item for item in state.server_saw if isinstance(item, np.ndarray)]
+
+
+def assert_nothing_close_to_any_delta(state: Round, deltas, weights) -> None:
+    """Read every stored vector as if it were one site's quantised input: it must not be one."""
+    stored = stored_arrays(state)
+    assert stored
+    unit = CLIP / levels(state.bits)
+    for vector in stored:
+        signed = vector.view(np.int32).astype(np.float64)
+        for name, delta in deltas.items():
+            flat = np.concatenate([np.clip(delta[i.name], -CLIP, CLIP).ravel() for i in SPEC])
+            decoded = signed[:-1] * unit / weights[name]
+            close = np.mean(np.abs(decoded - flat) < CLIP / 10)
+            assert close < 0.02, f"a stored vector is close to {name}'s delta"
+            assert abs(np.corrcoef(decoded, flat)[0, 1]) < 0.3
+            assert int(signed[-1]) != weights[name]  # nor does it give away a sample count
+
+
+def unmasked_by_hand(state: Round, name: str, masked: np.ndarray) -> np.ndarray:
+    """Strip every mask from one site's input with its secrets: what the server must never do."""
+    single = masked.copy()
+    own = state.sites[name].keys
+    removal = [masks.Mask(seed=own.seed, sign=-1)]
+    for peer in sorted(state.graph[name]):
+        seed = masks.pair_seed(
+            own.mask,
+            own_site=name,
+            peer_site=peer,
+            peer_mask_key=state.adverts[peer].mask_key,
+            context=CONTEXT,
+        )
+        removal.append(masks.Mask(seed=seed, sign=-masks.pair_sign(name, peer)))
+    masks.apply_masks(single, removal)
+    return single
+
+
+def test_nothing_the_server_stores_is_close_to_any_sites_delta() -> None:
+    names = ["a", "b", "c", "d"]
+    deltas = random_deltas(names, 13, scale=0.03)
+    weights = {"a": 3, "b": 40, "c": 7, "d": 100}
+    state, _mean, _total = run_round(
+        deltas, weights, threshold=3, spec=SPEC, drop_before_input=frozenset({"c"})
+    )
+    assert_nothing_close_to_any_delta(state, deltas, weights)
+    # the shares it saw are never both kinds for one site
+    revealed: dict[str, set[str]] = {}
+    for answer in (item for item in state.server_saw if isinstance(item, UnmaskAnswer)):
+        for item in answer.shares:
+            revealed.setdefault(item.peer, set()).add(item.kind)
+    assert revealed == {"a": {"seed"}, "b": {"seed"}, "d": {"seed"}, "c": {"mask_key"}}
+    # the check is able to fail: one input with its masks stripped is caught
+    masked = mask(state, "a", deltas["a"], weights["a"]).vector
+    state.server_saw.append(unmasked_by_hand(state, "a", masked))
+    with pytest.raises(AssertionError, match="close to a's delta"):
+        assert_nothing_close_to_any_delta(state, deltas, weights)
+
+
+def test_fewer_than_threshold_survivors_fail_cleanly_revealing_nothing() -> None:
+    names = ["a", "b", "c", "d", "e"]
+    state, deltas, weights = full_round_until_inputs(
+        names, threshold=4, missing=frozenset({"b", "d"})
+    )
+    with pytest.raises(Conflict) as info:
+        state.server.unmask_request()
+    assert info.value.code == "secagg_threshold"
+    assert not [item for item in state.server_saw if isinstance(item, UnmaskAnswer)]
+    assert not any(s.revealed for s in state.sites.values())
+    assert_nothing_close_to_any_delta(state, deltas, weights)
+
+
+def test_a_site_refuses_to_answer_below_the_threshold() -> None:
+    names = ["a", "b", "c", "d"]
+    state, _deltas, _weights = full_round_until_inputs(names, threshold=3)
+    request = UnmaskRequest(
+        CONTEXT.run_id, CONTEXT.round, frozenset({"a", "b"}), frozenset({"c", "d"})
+    )
+    with pytest.raises(Conflict) as info:
+        answers_from(state, request, ["a"])
+    assert info.value.code == "secagg_threshold"
+
+
+def test_too_few_answers_fail_with_the_stable_code() -> None:
+    names = ["a", "b", "c", "d"]
+    state, _deltas, _weights = full_round_until_inputs(names, threshold=3)
+    request = state.server.unmask_request()
+    with pytest.raises(Conflict) as info:
+        state.server.unmask(answers_from(state, request, ["a", "b"]), request)
+    assert info.value.code == "secagg_threshold"
+
+
+def test_a_request_for_both_kinds_of_share_of_one_peer_is_refused() -> None:
+    names = ["a", "b", "c", "d"]
+    state, _deltas, _weights = full_round_until_inputs(names, threshold=3)
+    both = UnmaskRequest(
+        CONTEXT.run_id, CONTEXT.round, frozenset({"a", "b", "c"}), frozenset({"c", "d"})
+    )
+    with pytest.raises(Conflict, match="both kinds of share of c") as info:
+        answers_from(state, both, ["a"])
+    assert info.value.code == "secagg_refused"
+    # and across two requests: first c survived, then c is said to have dropped
+    first = UnmaskRequest(
+        CONTEXT.run_id, CONTEXT.round, frozenset({"a", "b", "c"}), frozenset({"d"})
+    )
+    answers_from(state, first, ["a"])
+    second = UnmaskRequest(
+        CONTEXT.run_id, CONTEXT.round, frozenset({"a", "b", "d"}), frozenset({"c"})
+    )
+    with pytest.raises(Conflict, match="already revealed the other kind of share of c, d") as info:
+        answers_from(state, second, ["a"])
+    assert info.value.code == "secagg_refused"
+    assert state.sites["a"].revealed == {"a": "seed", "b": "seed", "c": "seed", "d": "mask_key"}
+    # asking again for the same kinds is answered the same
+    again = answers_from(state, first, ["a"])[0]
+    assert {item.peer: item.kind for item in again.shares} == {
+        "a": "seed",
+        "b": "seed",
+        "c": "seed",
+        "d": "mask_key",
+    }
+
+
+def test_a_site_refuses_a_request_calling_it_dropped_or_for_another_round() -> None:
+    names = ["a", "b", "c", "d"]
+    state, _deltas, _weights = full_round_until_inputs(names, threshold=3)
+    self_dropped = UnmaskRequest(
+        CONTEXT.run_id, CONTEXT.round, frozenset({"b", "c", "d"}), frozenset({"a"})
+    )
+    with pytest.raises(Conflict, match="this site dropped out"):
+        answers_from(state, self_dropped, ["a"])
+    replayed = UnmaskRequest(CONTEXT.run_id, CONTEXT.round + 1, frozenset(names), frozenset())
+    with pytest.raises(Conflict, match="another round") as info:
+        answers_from(state, replayed, ["a"])
+    assert info.value.code == "secagg_refused"
+
+
+def test_replayed_or_reordered_protocol_messages_are_refused() -> None:
+    names = ["a", "b", "c"]
+    state, deltas, weights = full_round_until_inputs(names, threshold=2, missing=frozenset({"c"}))
+    server = state.server
+    again = mask(state, "a", deltas["a"], weights["a"])
+    with pytest.raises(Conflict) as info:
+        server.add(again)  # a second input from a: replayed
+    assert info.value.code == "update_conflict"
+    stale = dataclasses.replace(
+        mask(state, "c", deltas["c"], weights["c"]), round=CONTEXT.round - 1
+    )
+    with pytest.raises(Conflict) as info:
+        server.add(stale)
+    assert info.value.code == "stale_round"
+    # shares: one relayed twice, or one meant for another holder
+    a_box = state.relayed["a"]
+    with pytest.raises(IntegrityError, match="a second share"):
+        site_steps.receive_shares(
+            [*a_box, a_box[0]],
+            keys=state.sites["a"].keys,
+            site="a",
+            context=CONTEXT,
+            graph=state.graph,
+            adverts=state.adverts,
+        )
+    with pytest.raises(IntegrityError) as info:
+        site_steps.receive_shares(
+            state.relayed["b"],
+            keys=state.sites["a"].keys,
+            site="a",
+            context=CONTEXT,
+            graph=state.graph,
+            adverts=state.adverts,
+        )
+    assert info.value.code == "decryption_failed"
+    # an unmask answer from last round
+    request = server.unmask_request()
+    answer = answers_from(state, request, ["a"])[0]
+    with pytest.raises(Conflict):
+        server.unmask([dataclasses.replace(answer, round=CONTEXT.round - 1)], request)
+
+
+def test_masked_input_with_other_partners_or_length_is_refused() -> None:
+    names = ["a", "b", "c"]
+    state, deltas, weights = full_round_until_inputs(names, threshold=2, missing=frozenset({"a"}))
+    masked = mask(state, "a", deltas["a"], weights["a"])
+    with pytest.raises(IntegrityError, match="other partners"):
+        state.server.add(dataclasses.replace(masked, partners=frozenset({"b"})))
+    with pytest.raises(IntegrityError, match="wrong length"):
+        state.server.add(dataclasses.replace(masked, vector=masked.vector[:-1]))
+
+
+def test_a_corrupt_share_is_caught_by_the_commitment() -> None:
+    names = ["a", "b", "c"]
+    state, _deltas, _weights = full_round_until_inputs(names, threshold=3)
+    request = state.server.unmask_request()
+    answers = answers_from(state, request, names)
+    first = answers[0]
+    bad = dataclasses.replace(first.shares[0], data=bytes(32))
+    answers[0] = dataclasses.replace(first, shares=(bad, *first.shares[1:]))
+    with pytest.raises(IntegrityError) as info:
+        state.server.unmask(answers, request)
+    assert info.value.code == "hash_mismatch"
+
+
+def test_dp_noise_share_is_added_before_masking() -> None:
+    names = ["a", "b", "c"]
+    deltas = random_deltas(names, 17, scale=0.005)
+    weights = {"a": 2, "b": 3, "c": 5}
+    state = start(names, threshold=2, spec=SPEC)
+    share(state)
+    seen: list[str] = []
+
+    def noise(name: str, values: np.ndarray) -> np.ndarray:
+        seen.append(name)
+        return values + np.float32(0.01)  # a stand-in for dp_fedavg's Gaussian share
+
+    for name in names:
+        upload(state, mask(state, name, deltas[name], weights[name], perturb=noise))
+    mean, total = unmask(state)
+    shifted = {n: {k: v + np.float32(0.01) for k, v in d.items()} for n, d in deltas.items()}
+    assert_close(mean, fedavg(shifted, weights, CLIP), bound(3, total))
+    assert sorted(seen) == sorted([item.name for item in SPEC] * 3)
+
+
+def test_weights_beyond_the_cap_and_bad_tensors_are_refused() -> None:
+    names = ["a", "b", "c"]
+    state = start(names, threshold=2, spec=SPEC, bits=20)
+    share(state)
+    deltas = random_deltas(names, 1)
+    cap = weight_cap(bits=20, sites=3)
+    with pytest.raises(InvalidInput, match=f"outside 0..{cap}"):
+        mask(state, "a", deltas["a"], cap + 1)
+    with pytest.raises(InvalidInput, match="differ from the round's model"):
+        mask(state, "a", {"head": deltas["a"]["head"]}, 1)
+    nan = {**deltas["a"], "head": np.full(50, np.nan, dtype=np.float32)}
+    with pytest.raises(InvalidInput, match="non-finite"):
+        mask(state, "a", nan, 1)
