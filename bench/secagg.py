@@ -9,8 +9,9 @@ SegResNet by default) and random float32 deltas (training is not timed). Per N, 
 - plain: each site serialises and seals its delta to the round key and signs it (the
   update envelope of today); the server verifies, unseals and accumulates (streaming
   FedAvg, `server.services.aggregation.Accumulator`);
-- secure aggregation: advertise, share, masked input, unmask (`shared.secagg`), every
-  site with every step and the server summing inputs as they arrive, then unmasking.
+- secure aggregation: advertise, share, masked input (signed), consistency check,
+  unmask (`shared.secagg`), every site with every step and the server summing inputs
+  as they arrive, then unmasking.
 
 Printed per N: the critical path in CPU seconds (the slowest site's CPU over all its
 steps plus the server's, since sites run in parallel), the bytes one site sends and
@@ -48,6 +49,7 @@ from shared.secagg import keys as secagg_keys
 from shared.secagg import site as site_steps
 from shared.secagg.aggregation import MaskedSum
 from shared.secagg.config import levels
+from shared.secagg.consistency import sign_survivors
 from shared.secagg.graph import holders, neighbours
 from shared.secagg.keys import RoundContext
 from shared.secagg.messages import MaskedInput
@@ -132,6 +134,11 @@ def _serve_secagg(conn: Connection, setup: dict[str, Any], site_keys: dict[str, 
         elif message[0] == "request":
             cpu = time.process_time()
             request = total.unmask_request()
+            spent += time.process_time() - cpu
+            conn.send(request)
+        elif message[0] == "sign":
+            cpu = time.process_time()
+            request = total.signed_request(request, message[1])
             spent += time.process_time() - cpu
             conn.send(request)
         else:
@@ -370,6 +377,21 @@ def secagg_round(
         del masked, change
     server.conn.send(("request",))
     request = server.conn.recv()
+    signatures = {}
+    for name in sorted(request.survivors):
+        received[name] += request.size()
+        signatures[name], _digest = timed(
+            name,
+            sign_survivors,
+            request,
+            site=name,
+            context=CONTEXT,
+            signing_key=signing[name],
+            signed=None,
+        )
+        sent[name] += len(signatures[name])
+    server.conn.send(("sign", signatures))
+    request = server.conn.recv()
     answers = []
     for name in sorted(request.survivors):
         received[name] += request.size()
@@ -382,6 +404,7 @@ def secagg_round(
             held=held[name],
             threshold=threshold,
             revealed={},
+            enrolled_keys=enrolled,
         )
         sent[name] += answer.size()
         answers.append(answer)

@@ -10,10 +10,12 @@ round state machine persists what these functions return. One round:
    its recipient; the server only relays ciphertexts;
 3. masked input (`site.mask_input`): clip, weight, quantise stochastically, append the
    weight, add the self-mask and the pairwise masks mod 2^32 (`masks`);
-4. unmask (`site.answer_unmask`, `server`): for a dropped site its neighbours reveal
-   their shares of its mask secret key, for a survivor their shares of its self-mask
-   seed, never both for one site; the server removes the masks and de-quantises the sum
-   to the weighted mean.
+4. consistency (`consistency`): each survivor signs the list of survivors and dropped
+   sites, once per round, and holders answer only a list t survivors signed;
+5. unmask (`site.answer_unmask`, `aggregation`): for a dropped site its neighbours
+   reveal their shares of its mask secret key, for a survivor their shares of its
+   self-mask seed, never both for one site; the server removes the masks and
+   de-quantises the sum to the weighted mean.
 
 Import the submodules you need; this package imports nothing heavy.
 """

@@ -14,6 +14,7 @@ than t surviving holders, so a failed round reveals nothing about any site.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -102,6 +103,23 @@ class MaskedSum:
             survivors=survivors,
             dropped=dropped,
         )
+
+    def signed_request(
+        self, request: UnmaskRequest, signatures: Mapping[str, bytes]
+    ) -> UnmaskRequest:
+        """Attach the survivors' signatures over ``request`` (the consistency check).
+
+        Fails with ``secagg_threshold`` when fewer than t survivors signed: no holder
+        would answer, and nothing has been revealed yet.
+        """
+        chosen = {site: sig for site, sig in signatures.items() if site in request.survivors}
+        if len(chosen) < self.threshold:
+            raise Conflict(
+                f"only {len(chosen)} survivors signed the survivor list; "
+                f"{self.threshold} must: the round fails, nothing is revealed",
+                code="secagg_threshold",
+            )
+        return dataclasses.replace(request, signatures=tuple(sorted(chosen.items())))
 
     def _collect(
         self, answers: Iterable[UnmaskAnswer], request: UnmaskRequest

@@ -104,8 +104,8 @@ def check_run(
             )
     if sites > ALL_PAIRS_UP_TO and secure.neighbours + secure.neighbours % 2 >= sites:
         raise ValueError(
-            f"secure_aggregation.neighbours ({secure.neighbours}) must be below the number of "
-            f"sites ({sites}); with as many, every pair is used anyway"
+            f"secure_aggregation.neighbours ({secure.neighbours}, rounded up to even) must be "
+            f"below the number of sites ({sites}); with as many, leave it out: every pair is used"
         )
     if weight_cap(bits=secure.bits, sites=sites) < 1:
         raise ValueError(

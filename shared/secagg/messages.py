@@ -45,25 +45,32 @@ class MaskedInput:
 
 @dataclass(frozen=True, slots=True)
 class UnmaskRequest:
-    """The server's request: which sites sent a masked input, which shared but did not."""
+    """The server's request: which sites sent a masked input, which shared but did not.
+
+    ``signatures`` are the survivors' signatures over `body` (the consistency check):
+    a holder answers only a request that at least t survivors signed.
+    """
 
     run_id: str
     round: int
     survivors: frozenset[str]
     dropped: frozenset[str]
+    signatures: tuple[tuple[str, bytes], ...] = ()
+
+    def body(self) -> bytes:
+        """The signed part: the round and the two sets, canonical JSON."""
+        return canonical_json(
+            {
+                "run_id": self.run_id,
+                "round": self.round,
+                "survivors": sorted(self.survivors),
+                "dropped": sorted(self.dropped),
+            }
+        )
 
     def size(self) -> int:
         """Bytes on the wire."""
-        return len(
-            canonical_json(
-                {
-                    "run_id": self.run_id,
-                    "round": self.round,
-                    "survivors": sorted(self.survivors),
-                    "dropped": sorted(self.dropped),
-                }
-            )
-        )
+        return len(self.body()) + sum(len(site) + len(sig) for site, sig in self.signatures)
 
 
 @dataclass(frozen=True, slots=True)

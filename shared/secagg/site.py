@@ -18,12 +18,14 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from shared import crypto
 from shared.errors import Conflict, IntegrityError, InvalidInput
 from shared.schemas import TensorSpec
 from shared.secagg import masks
 from shared.secagg.config import weight_cap
+from shared.secagg.consistency import check_signed
 from shared.secagg.graph import Graph, holders
 from shared.secagg.keys import KeyAdvert, RoundContext, RoundKeys
 from shared.secagg.messages import (
@@ -192,6 +194,7 @@ def answer_unmask(
     held: Mapping[str, HeldShares],
     threshold: int,
     revealed: Mapping[str, ShareKind],
+    enrolled_keys: Mapping[str, Ed25519PublicKey],
 ) -> tuple[UnmaskAnswer, dict[str, ShareKind]]:
     """Reveal seed shares of survivors and mask-key shares of dropped peers.
 
@@ -199,7 +202,9 @@ def answer_unmask(
     with it updated (persist it before sending). Refused with ``secagg_refused``: a
     request for another round, a site listed both ways, this site listed as dropped or
     missing from the survivors, or one asking, now or across requests, for both kinds
-    of share of one peer; with ``secagg_threshold``: fewer survivors than the threshold.
+    of share of one peer; with ``secagg_threshold``: fewer survivors than the threshold,
+    or fewer than the threshold of them signed the request (`consistency.check_signed`,
+    against ``enrolled_keys``); with ``bad_signature``: a signature that does not verify.
     """
     if (request.run_id, request.round) != (context.run_id, context.round):
         raise Conflict("unmask request is for another round", code="secagg_refused")
@@ -216,6 +221,7 @@ def answer_unmask(
             f"{len(request.survivors)} survivors are fewer than the threshold {threshold}",
             code="secagg_threshold",
         )
+    check_signed(request, threshold=threshold, enrolled_keys=enrolled_keys)
     wanted: dict[str, ShareKind] = {peer: "seed" for peer in request.survivors if peer in held}
     wanted.update({peer: "mask_key" for peer in request.dropped if peer in held})
     clash = sorted(peer for peer, kind in wanted.items() if revealed.get(peer, kind) != kind)

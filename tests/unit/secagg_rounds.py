@@ -19,9 +19,10 @@ from shared.schemas import TensorSpec
 from shared.secagg import keys as keys_module
 from shared.secagg import site as site_steps
 from shared.secagg.aggregation import MaskedSum
+from shared.secagg.consistency import sign_survivors
 from shared.secagg.graph import Graph, neighbours
 from shared.secagg.keys import KeyAdvert, RoundContext, RoundKeys
-from shared.secagg.messages import MaskedInput, ShareKind, UnmaskAnswer
+from shared.secagg.messages import MaskedInput, ShareKind, UnmaskAnswer, UnmaskRequest
 from shared.secagg.shares import HeldShares, SealedShare
 
 CONTEXT = RoundContext(run_id="run-1", round=3)
@@ -34,6 +35,7 @@ class Site:
     keys: RoundKeys
     held: dict[str, HeldShares] = field(default_factory=dict)
     revealed: dict[str, ShareKind] = field(default_factory=dict)
+    signed: bytes | None = None
 
 
 @dataclass
@@ -152,11 +154,25 @@ def upload(state: Round, masked: MaskedInput) -> None:
     state.server_saw.append(state.server.total.copy())
 
 
-def unmask(state: Round) -> tuple[dict[str, npt.NDArray[np.float32]], int]:
+def enrolled(state: Round) -> dict[str, Any]:
+    return {name: s.signing.public_key() for name, s in state.sites.items()}
+
+
+def sign(state: Round, request: UnmaskRequest, signers: list[str]) -> UnmaskRequest:
+    """Consistency check: ``signers`` sign the survivor list; the server attaches them."""
     assert state.server is not None
-    request = state.server.unmask_request()
-    answers: list[UnmaskAnswer] = []
-    for name in sorted(request.survivors):
+    signatures = {}
+    for name in signers:
+        s = state.sites[name]
+        signatures[name], s.signed = sign_survivors(
+            request, site=name, context=CONTEXT, signing_key=s.signing, signed=s.signed
+        )
+    return state.server.signed_request(request, signatures)
+
+
+def answers_from(state: Round, request: UnmaskRequest, responders: list[str]) -> list[UnmaskAnswer]:
+    out = []
+    for name in responders:
         s = state.sites[name]
         answer, s.revealed = site_steps.answer_unmask(
             request,
@@ -165,10 +181,18 @@ def unmask(state: Round) -> tuple[dict[str, npt.NDArray[np.float32]], int]:
             held=s.held,
             threshold=state.threshold,
             revealed=s.revealed,
+            enrolled_keys=enrolled(state),
         )
-        answers.append(answer)
+        out.append(answer)
         state.server_saw.append(answer)
-    return state.server.unmask(answers, request)
+    return out
+
+
+def unmask(state: Round) -> tuple[dict[str, npt.NDArray[np.float32]], int]:
+    assert state.server is not None
+    request = state.server.unmask_request()
+    signed = sign(state, request, sorted(request.survivors))
+    return state.server.unmask(answers_from(state, signed, sorted(request.survivors)), signed)
 
 
 def run_round(

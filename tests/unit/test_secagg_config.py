@@ -97,7 +97,12 @@ def test_threshold_above_a_neighbourhood_refused() -> None:
 def test_neighbours_at_or_above_the_site_count_refused_above_sixteen() -> None:
     sites = [f"s{i:02d}" for i in range(20)]
     data = {"sites": sites, "secure_aggregation": {"threshold": 3, "neighbours": 20}}
-    assert "secure_aggregation.neighbours (20) must be below" in refusal(data)
+    assert "secure_aggregation.neighbours (20, rounded up to even) must be below" in refusal(data)
+    odd = {"sites": sites[:18], "secure_aggregation": {"threshold": 3, "neighbours": 17}}
+    assert "neighbours (17, rounded up to even) must be below the number of sites (18)" in refusal(
+        odd
+    )
+    RunConfig.model_validate({"sites": sites[:18], "secure_aggregation": {"neighbours": 16}})
 
 
 def test_bits_too_large_for_the_sites_refused() -> None:

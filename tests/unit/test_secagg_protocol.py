@@ -9,34 +9,42 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from shared import crypto
 from shared.errors import Conflict, IntegrityError, InvalidInput
 from shared.secagg import masks
 from shared.secagg import site as site_steps
 from shared.secagg.config import levels, weight_cap
+from shared.secagg.consistency import sign_survivors
 from shared.secagg.messages import UnmaskAnswer, UnmaskRequest
 from tests.unit.secagg_rounds import (
     CONTEXT,
     Round,
+    answers_from,
     fedavg,
     make_spec,
     mask,
     run_round,
     share,
+    sign,
     start,
     unmask,
     upload,
 )
 
 SPEC = make_spec({"conv.weight": (4, 3, 3), "conv.bias": (4,), "head": (50,)})
+# leak checks compare correlations: 4000 coordinates put chance correlations near 0.016
+LEAK_SPEC = make_spec({"conv.weight": (40, 10, 9), "head": (400,)})
 CLIP = 0.05
 
 
 def random_deltas(
-    names: list[str], seed: int, scale: float = 0.02
+    names: list[str], seed: int, scale: float = 0.02, spec: list | None = None
 ) -> dict[str, dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
     return {
-        name: {item.name: rng.normal(0, scale, item.shape).astype(np.float32) for item in SPEC}
+        name: {
+            item.name: rng.normal(0, scale, item.shape).astype(np.float32) for item in spec or SPEC
+        }
         for name in names
     }
 
@@ -89,11 +97,11 @@ def test_quantisation_error_is_noise_not_bias() -> None:
 
 
 def full_round_until_inputs(
-    names: list[str], threshold: int, *, missing: frozenset[str] = frozenset()
+    names: list[str], threshold: int, *, missing: frozenset[str] = frozenset(), spec=SPEC
 ):
-    deltas = random_deltas(names, 3)
+    deltas = random_deltas(names, 3, spec=spec)
     weights = {name: 10 + index for index, name in enumerate(names)}
-    state = start(names, threshold=threshold, spec=SPEC)
+    state = start(names, threshold=threshold, spec=spec)
     share(state)
     for name in names:
         if name not in missing:
@@ -101,27 +109,12 @@ def full_round_until_inputs(
     return state, deltas, weights
 
 
-def answers_from(state: Round, request: UnmaskRequest, responders: list[str]) -> list[UnmaskAnswer]:
-    out = []
-    for name in responders:
-        s = state.sites[name]
-        answer, s.revealed = site_steps.answer_unmask(
-            request,
-            site=name,
-            context=CONTEXT,
-            held=s.held,
-            threshold=state.threshold,
-            revealed=s.revealed,
-        )
-        out.append(answer)
-    return out
-
-
 def test_a_site_that_drops_after_its_masked_input_still_counts() -> None:
     names = ["a", "b", "c", "d", "e"]
     state, deltas, weights = full_round_until_inputs(names, threshold=3)
     request = state.server.unmask_request()
     assert request.survivors == set(names) and not request.dropped
+    request = sign(state, request, ["a", "c", "e"])  # b and d are gone already
     mean, total = state.server.unmask(
         answers_from(state, request, ["a", "c", "e"]), request
     )  # b, d gone
@@ -134,6 +127,7 @@ def test_a_site_that_drops_before_its_masked_input_is_left_out() -> None:
     state, deltas, weights = full_round_until_inputs(names, threshold=3, missing=frozenset({"b"}))
     request = state.server.unmask_request()
     assert request.dropped == {"b"}
+    request = sign(state, request, ["a", "c", "d"])
     mean, total = state.server.unmask(answers_from(state, request, ["a", "c", "d"]), request)
     kept = {name: deltas[name] for name in ("a", "c", "d")}
     assert total == sum(weights[name] for name in kept)
@@ -179,11 +173,11 @@ def assert_nothing_close_to_any_delta(state: Round, deltas, weights) -> None:
     for vector in stored:
         signed = vector.view(np.int32).astype(np.float64)
         for name, delta in deltas.items():
-            flat = np.concatenate([np.clip(delta[i.name], -CLIP, CLIP).ravel() for i in SPEC])
+            flat = np.concatenate([np.clip(delta[i.name], -CLIP, CLIP).ravel() for i in state.spec])
             decoded = signed[:-1] * unit / weights[name]
             close = np.mean(np.abs(decoded - flat) < CLIP / 10)
             assert close < 0.02, f"a stored vector is close to {name}'s delta"
-            assert abs(np.corrcoef(decoded, flat)[0, 1]) < 0.3
+            assert abs(np.corrcoef(decoded, flat)[0, 1]) < 0.1  # 6 sigma of chance
             assert int(signed[-1]) != weights[name]  # nor does it give away a sample count
 
 
@@ -207,10 +201,10 @@ def unmasked_by_hand(state: Round, name: str, masked: np.ndarray) -> np.ndarray:
 
 def test_nothing_the_server_stores_is_close_to_any_sites_delta() -> None:
     names = ["a", "b", "c", "d"]
-    deltas = random_deltas(names, 13, scale=0.03)
+    deltas = random_deltas(names, 13, scale=0.03, spec=LEAK_SPEC)
     weights = {"a": 3, "b": 40, "c": 7, "d": 100}
     state, _mean, _total = run_round(
-        deltas, weights, threshold=3, spec=SPEC, drop_before_input=frozenset({"c"})
+        deltas, weights, threshold=3, spec=LEAK_SPEC, drop_before_input=frozenset({"c"})
     )
     assert_nothing_close_to_any_delta(state, deltas, weights)
     # the shares it saw are never both kinds for one site
@@ -229,7 +223,7 @@ def test_nothing_the_server_stores_is_close_to_any_sites_delta() -> None:
 def test_fewer_than_threshold_survivors_fail_cleanly_revealing_nothing() -> None:
     names = ["a", "b", "c", "d", "e"]
     state, deltas, weights = full_round_until_inputs(
-        names, threshold=4, missing=frozenset({"b", "d"})
+        names, threshold=4, missing=frozenset({"b", "d"}), spec=LEAK_SPEC
     )
     with pytest.raises(Conflict) as info:
         state.server.unmask_request()
@@ -253,7 +247,7 @@ def test_a_site_refuses_to_answer_below_the_threshold() -> None:
 def test_too_few_answers_fail_with_the_stable_code() -> None:
     names = ["a", "b", "c", "d"]
     state, _deltas, _weights = full_round_until_inputs(names, threshold=3)
-    request = state.server.unmask_request()
+    request = sign(state, state.server.unmask_request(), ["a", "b", "c"])
     with pytest.raises(Conflict) as info:
         state.server.unmask(answers_from(state, request, ["a", "b"]), request)
     assert info.value.code == "secagg_threshold"
@@ -268,14 +262,16 @@ def test_a_request_for_both_kinds_of_share_of_one_peer_is_refused() -> None:
     with pytest.raises(Conflict, match="both kinds of share of c") as info:
         answers_from(state, both, ["a"])
     assert info.value.code == "secagg_refused"
-    # and across two requests: first c survived, then c is said to have dropped
-    first = UnmaskRequest(
-        CONTEXT.run_id, CONTEXT.round, frozenset({"a", "b", "c"}), frozenset({"d"})
-    )
+    # and across two requests: first c survived, then c is said to have dropped; honest
+    # survivors sign one list only, so the second carries signatures from colluders (the
+    # server holding t sites' keys): the holder still refuses
+    first = sign(state, _request({"a", "b", "c"}, {"d"}), ["a", "b", "c"])
     answers_from(state, first, ["a"])
-    second = UnmaskRequest(
-        CONTEXT.run_id, CONTEXT.round, frozenset({"a", "b", "d"}), frozenset({"c"})
-    )
+    second = _request({"a", "b", "d"}, {"c"})
+    with pytest.raises(Conflict, match="another survivor list") as info:
+        sign(state, second, ["a"])
+    assert info.value.code == "secagg_refused"
+    second = _colluders_sign(state, second, ["a", "b", "d"])
     with pytest.raises(Conflict, match="already revealed the other kind of share of c, d") as info:
         answers_from(state, second, ["a"])
     assert info.value.code == "secagg_refused"
@@ -341,6 +337,7 @@ def test_replayed_or_reordered_protocol_messages_are_refused() -> None:
     assert info.value.code == "decryption_failed"
     # an unmask answer from last round
     request = server.unmask_request()
+    request = sign(state, request, ["a", "b"])
     answer = answers_from(state, request, ["a"])[0]
     with pytest.raises(Conflict):
         server.unmask([dataclasses.replace(answer, round=CONTEXT.round - 1)], request)
@@ -359,7 +356,7 @@ def test_masked_input_with_other_partners_or_length_is_refused() -> None:
 def test_a_corrupt_share_is_caught_by_the_commitment() -> None:
     names = ["a", "b", "c"]
     state, _deltas, _weights = full_round_until_inputs(names, threshold=3)
-    request = state.server.unmask_request()
+    request = sign(state, state.server.unmask_request(), names)
     answers = answers_from(state, request, names)
     first = answers[0]
     bad = dataclasses.replace(first.shares[0], data=bytes(32))
@@ -402,3 +399,70 @@ def test_weights_beyond_the_cap_and_bad_tensors_are_refused() -> None:
     nan = {**deltas["a"], "head": np.full(50, np.nan, dtype=np.float32)}
     with pytest.raises(InvalidInput, match="non-finite"):
         mask(state, "a", nan, 1)
+
+
+def _request(survivors: set[str], dropped: set[str]) -> UnmaskRequest:
+    return UnmaskRequest(CONTEXT.run_id, CONTEXT.round, frozenset(survivors), frozenset(dropped))
+
+
+def _colluders_sign(state: Round, request: UnmaskRequest, signers: list[str]) -> UnmaskRequest:
+    signatures = {
+        name: sign_survivors(
+            request, site=name, context=CONTEXT, signing_key=state.sites[name].signing, signed=None
+        )[0]
+        for name in signers
+    }
+    return dataclasses.replace(request, signatures=tuple(sorted(signatures.items())))
+
+
+def _sign_as(state: Round, request: UnmaskRequest, name: str) -> bytes:
+    site = state.sites[name]
+    signature, site.signed = sign_survivors(
+        request, site=name, context=CONTEXT, signing_key=site.signing, signed=site.signed
+    )
+    return signature
+
+
+def test_survivors_sign_one_survivor_list_per_round() -> None:
+    names = ["a", "b", "c", "d"]
+    state, _deltas, _weights = full_round_until_inputs(names, threshold=3)
+    request = state.server.unmask_request()
+    first = _sign_as(state, request, "a")
+    assert first == _sign_as(state, request, "a")  # the same list again: fine (a retry)
+    with pytest.raises(Conflict, match="another survivor list") as info:
+        _sign_as(state, _request({"a", "b", "c"}, {"d"}), "a")
+    assert info.value.code == "secagg_refused"
+    with pytest.raises(Conflict, match="this site dropped out"):
+        _sign_as(state, _request({"a", "c", "d"}, {"b"}), "b")
+    with pytest.raises(Conflict, match="another round"):
+        _sign_as(state, dataclasses.replace(request, round=CONTEXT.round + 1), "b")
+
+
+def test_a_request_without_t_valid_survivor_signatures_is_not_answered() -> None:
+    names = ["a", "b", "c", "d"]
+    state, _deltas, _weights = full_round_until_inputs(names, threshold=3)
+    request = state.server.unmask_request()
+    with pytest.raises(Conflict) as info:
+        sign(state, request, ["a", "b"])  # the server cannot even assemble it
+    assert info.value.code == "secagg_threshold"
+    unsigned = request
+    with pytest.raises(Conflict, match="only 0 survivors signed") as info:
+        answers_from(state, unsigned, ["a"])
+    assert info.value.code == "secagg_threshold"
+    two = _colluders_sign(state, request, ["a", "b"])
+    with pytest.raises(Conflict, match="only 2 survivors signed"):
+        answers_from(state, two, ["a"])
+    # signatures by a key that is not the site's, or over another list, do not count
+    server_key = crypto.generate_signing_key()
+    forged_sig = sign_survivors(
+        request, site="c", context=CONTEXT, signing_key=server_key, signed=None
+    )[0]
+    forged = dataclasses.replace(two, signatures=(*two.signatures, ("c", forged_sig)))
+    with pytest.raises(IntegrityError) as bad:
+        answers_from(state, forged, ["a"])
+    assert bad.value.code == "bad_signature"
+    other = _colluders_sign(state, _request({"a", "b", "c"}, {"d"}), ["c"])
+    moved = dataclasses.replace(two, signatures=(*two.signatures, *other.signatures))
+    with pytest.raises(IntegrityError):
+        answers_from(state, moved, ["a"])
+    assert not state.sites["a"].revealed
