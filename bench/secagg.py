@@ -48,7 +48,7 @@ from shared.schemas import TensorSpec, UpdateHeader
 from shared.secagg import keys as secagg_keys
 from shared.secagg import site as site_steps
 from shared.secagg.aggregation import MaskedSum
-from shared.secagg.config import levels
+from shared.secagg.config import SecureAggregationConfig, levels, neighbourhood_size
 from shared.secagg.consistency import sign_survivors
 from shared.secagg.graph import holders, neighbours
 from shared.secagg.keys import RoundContext
@@ -442,7 +442,8 @@ def main() -> None:
     model_mb = parameters * 4 / MB
     print(f"model {args.model}: {parameters / 1e6:.2f} M parameters, {model_mb:.1f} MB float32")
     print(
-        f"secure aggregation: clip_range {CLIP_RANGE}, bits {BITS}, threshold 2/3 of N, "
+        f"secure aggregation: clip_range {CLIP_RANGE}, bits {BITS}, "
+        "threshold 2/3 of a neighbourhood (rounded up), "
         f"graph degree {DEGREE} above 16 sites"
     )
     print()
@@ -459,7 +460,8 @@ def main() -> None:
         names = [f"site-{i:02d}" for i in range(count)]
         dropped = frozenset(names[count - drops :])
         survivors = [name for name in names if name not in dropped]
-        threshold = max(2, -(-2 * count // 3))
+        holders_count = neighbourhood_size(SecureAggregationConfig(neighbours=DEGREE), count)
+        threshold = max(2, -(-2 * holders_count // 3))
         plain = plain_round(spec, survivors)
         secure, holders_per_site = secagg_round(spec, names, threshold, dropped)
         weight = sum(10 + number(name) for name in survivors)

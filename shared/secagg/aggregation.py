@@ -57,6 +57,8 @@ class MaskedSum:
         self.bits = bits
         self.total = np.zeros(layout_size(self.spec), dtype=np.uint32)
         self.survivors: set[str] = set()
+        self._requested = False  # survivors are fixed once the unmask request is out
+        self._spent = False
 
     def add(self, masked: MaskedInput) -> None:
         """Add one site's masked input to the sum (once per site; it must have shared)."""
@@ -64,6 +66,11 @@ class MaskedSum:
             raise Conflict("masked input is for another round", code="stale_round")
         if masked.site not in self.shared:
             raise Conflict(f"{masked.site} did not finish the share step", code="round_closed")
+        if self._requested:
+            raise Conflict(
+                f"the masked inputs are closed; {masked.site} is counted as dropped",
+                code="round_closed",
+            )
         if masked.site in self.survivors:
             raise Conflict(f"{masked.site} already sent its masked input", code="update_conflict")
         expected = self.graph[masked.site] & self.shared
@@ -97,6 +104,7 @@ class MaskedSum:
                 "surviving share holders for every site: the round fails, nothing is revealed",
                 code="secagg_threshold",
             )
+        self._requested = True
         return UnmaskRequest(
             run_id=self.context.run_id,
             round=self.context.round,
@@ -168,6 +176,10 @@ class MaskedSum:
         self, answers: Iterable[UnmaskAnswer], request: UnmaskRequest
     ) -> tuple[dict[str, npt.NDArray[np.float32]], int]:
         """Remove every mask from the sum; return the weighted mean delta and the total weight."""
+        if self._spent:
+            raise Conflict("this round's sum is already unmasked", code="round_closed")
+        if request.survivors != self.survivors or request.dropped != self.shared - self.survivors:
+            raise Conflict("unmask request differs from the round's survivors", code="conflict")
         collected = self._collect(answers, request)
         removal: list[masks.Mask] = []
         for site in sorted(request.survivors):
@@ -187,6 +199,7 @@ class MaskedSum:
                 )
                 # the survivor added pair_sign(peer, site) times this mask: take it out
                 removal.append(masks.Mask(seed=seed, sign=-masks.pair_sign(peer, site)))
+        self._spent = True  # from here on the masks are gone from ``total``: never twice
         masks.apply_masks(self.total, removal)
         total_weight = int(self.total[-1:].view(np.int32)[0])
         if total_weight <= 0:

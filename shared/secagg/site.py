@@ -4,6 +4,11 @@ The site's state between steps (its `RoundKeys`, the shares it holds, which kind
 has revealed for whom) is passed in and returned, never kept here: the agent persists
 it before it sends anything, so a restart neither forgets nor repeats a step.
 
+Mask once per round: `mask_input` draws fresh rounding each call, and two masked
+inputs of one round carry the same masks, so their difference would be the difference
+of the two quantised updates. The agent persists the masked input and re-sends those
+bytes on a retry, never masks again.
+
 The rule that keeps one site's input secret is enforced here, not trusted to the
 server: a holder reveals, for one peer, either its share of the mask key (the peer
 dropped: its pairwise masks must go) or its share of the seed (the peer's input is in

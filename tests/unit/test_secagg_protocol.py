@@ -466,3 +466,21 @@ def test_a_request_without_t_valid_survivor_signatures_is_not_answered() -> None
     with pytest.raises(IntegrityError):
         answers_from(state, moved, ["a"])
     assert not state.sites["a"].revealed
+
+
+def test_the_sum_is_closed_to_late_inputs_and_unmasked_once() -> None:
+    names = ["a", "b", "c", "d"]
+    state, deltas, weights = full_round_until_inputs(names, threshold=3, missing=frozenset({"d"}))
+    request = state.server.unmask_request()
+    late = mask(state, "d", deltas["d"], weights["d"])
+    with pytest.raises(Conflict, match="counted as dropped") as info:
+        state.server.add(late)  # its self-mask would never be removed
+    assert info.value.code == "round_closed"
+    request = sign(state, request, ["a", "b", "c"])
+    answers = answers_from(state, request, ["a", "b", "c"])
+    narrower = dataclasses.replace(request, survivors=frozenset({"a", "b"}))
+    with pytest.raises(Conflict, match="differs from the round's survivors"):
+        state.server.unmask(answers, narrower)
+    state.server.unmask(answers, request)
+    with pytest.raises(Conflict, match="already unmasked"):
+        state.server.unmask(answers, request)
