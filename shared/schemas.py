@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared.secagg.config import SecureAggregationConfig, check_run
+from shared.secagg.config import SecureAggregationConfig, check_available, check_run
 
 FORMAT_VERSION: Literal[1] = 1
 
@@ -124,6 +124,7 @@ class RunConfig(WireModel):
                 quorum=self.quorum,
                 aggregator=self.aggregator,
             )
+            check_available()
         return self
 
     @property

@@ -3,7 +3,8 @@
 The option forbids extra fields like every wire model. Whether it fits the run
 (enough sites, a threshold the quorum can meet, no aggregation that needs to see
 one site's update) is checked by `check_run`, which `RunConfig` calls; each
-message names the field to change.
+message names the field to change. `check_available` then refuses the option until
+the server runs the protocol (`SERVER_RUNS_IT`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ DEFAULT_NEIGHBOURS: Final = 16
 MIN_SITES: Final = 3
 # Aggregations that must look at each update on its own (robust statistics, server-side
 # norm bounds); with secure aggregation the server never sees one update.
+# The live round machine does not run the protocol yet (issue 12, phase 2 wires it in):
+# until it does, a run asking for it is refused, never run with the updates in the clear.
+SERVER_RUNS_IT = False
 NEEDS_INDIVIDUAL_UPDATES: Final = frozenset(
     {"trimmed_mean", "median", "krum", "norm_bound", "clip_to_median_norm"}
 )
@@ -111,6 +115,19 @@ def check_run(
         raise ValueError(
             f"secure_aggregation.bits ({secure.bits}) is too large for {sites} sites: "
             "the sum would not fit in 32 bits; lower bits"
+        )
+
+
+def check_available() -> None:
+    """Raise `ValueError` while the server cannot run secure aggregation yet.
+
+    A run that asked for it and got plain FedAvg would let the server see every update
+    while the admin believes it sees only their sum.
+    """
+    if not SERVER_RUNS_IT:
+        raise ValueError(
+            "secure_aggregation is valid but this server does not run it yet: the server "
+            "would see each site's update; leave secure_aggregation out until it does"
         )
 
 

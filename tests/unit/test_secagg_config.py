@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from server.api import problems
 from shared.schemas import RunConfig, RunCreate
+from shared.secagg import config as config_module
 from shared.secagg.config import (
     SecureAggregationConfig,
     check_run,
@@ -32,10 +33,23 @@ def refusal(data: dict[str, Any]) -> str:
     return str(info.value)
 
 
+@pytest.fixture
+def server_runs_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As once the round machine runs the protocol (issue 12, phase 2)."""
+    monkeypatch.setattr(config_module, "SERVER_RUNS_IT", True)
+
+
 def test_default_run_has_no_secure_aggregation() -> None:
     assert RunConfig(sites=SITES).secure_aggregation is None
 
 
+def test_a_valid_option_is_refused_while_the_server_does_not_run_it() -> None:
+    message = refusal(config(threshold=3))
+    assert "secure_aggregation is valid but this server does not run it yet" in message
+    assert "would see each site's update" in message
+
+
+@pytest.mark.usefixtures("server_runs_it")
 def test_defaults_are_usable_and_threshold_follows_the_quorum() -> None:
     run = RunConfig.model_validate(config())
     secure = run.secure_aggregation
@@ -76,6 +90,7 @@ def test_fewer_than_three_sites_refused() -> None:
     assert "secure_aggregation needs at least 3 sites" in message
 
 
+@pytest.mark.usefixtures("server_runs_it")
 def test_threshold_above_min_sites_refused() -> None:
     message = refusal(config(threshold=5))
     assert "secure_aggregation.threshold (5) cannot exceed min_sites (4)" in message
@@ -94,6 +109,7 @@ def test_threshold_above_a_neighbourhood_refused() -> None:
     )
 
 
+@pytest.mark.usefixtures("server_runs_it")
 def test_neighbours_at_or_above_the_site_count_refused_above_sixteen() -> None:
     sites = [f"s{i:02d}" for i in range(20)]
     data = {"sites": sites, "secure_aggregation": {"threshold": 3, "neighbours": 20}}
@@ -133,6 +149,7 @@ def test_weight_cap_keeps_the_sum_inside_a_signed_32_bit_integer() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.usefixtures("server_runs_it")
 async def test_the_api_answers_422_naming_the_field() -> None:
     app = FastAPI()
     problems.install(app)
