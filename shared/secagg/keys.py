@@ -77,6 +77,28 @@ def generate_round_keys() -> RoundKeys:
     )
 
 
+def round_keys_bytes(keys: RoundKeys) -> bytes:
+    """The site's round secrets as 96 bytes, for its state file (mode 0600, atomic).
+
+    The agent persists them before it advertises, so a restart resumes the round
+    with the keys its peers already hold, and deletes them when the round closes.
+    """
+    return (
+        crypto.x25519_private_bytes(keys.mask) + crypto.x25519_private_bytes(keys.share) + keys.seed
+    )
+
+
+def round_keys_from_bytes(raw: bytes) -> RoundKeys:
+    """Inverse of `round_keys_bytes`; refuses anything but 96 bytes."""
+    if len(raw) != 3 * SEED_SIZE:
+        raise IntegrityError("round keys are 96 bytes", code="malformed_envelope")
+    return RoundKeys(
+        mask=crypto.x25519_private_from_bytes(raw[:SEED_SIZE]),
+        share=crypto.x25519_private_from_bytes(raw[SEED_SIZE : 2 * SEED_SIZE]),
+        seed=raw[2 * SEED_SIZE :],
+    )
+
+
 def seed_commitment(seed: bytes) -> bytes:
     """sha256 commitment to a self-mask seed: hides a 256-bit random seed, binds it."""
     return crypto.domain_digest(SEED_DOMAIN, seed)

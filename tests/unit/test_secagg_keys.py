@@ -14,6 +14,8 @@ from shared.secagg.keys import (
     RoundContext,
     advertise,
     generate_round_keys,
+    round_keys_bytes,
+    round_keys_from_bytes,
     seed_commitment,
     verify_advert,
     verify_adverts,
@@ -99,3 +101,15 @@ def test_verify_adverts_checks_each_against_its_own_site(
         )
     with pytest.raises(IntegrityError, match="no enrolled key for site-a"):
         verify_adverts({"site-a": made}, context=CONTEXT, enrolled_keys={})
+
+
+def test_round_keys_survive_a_restart_through_their_bytes(signing_key: Ed25519PrivateKey) -> None:
+    keys = generate_round_keys()
+    raw = round_keys_bytes(keys)
+    assert len(raw) == 96
+    again = round_keys_from_bytes(raw)
+    assert advertise(again, site="site-a", context=CONTEXT, signing_key=signing_key) == advertise(
+        keys, site="site-a", context=CONTEXT, signing_key=signing_key
+    )
+    with pytest.raises(IntegrityError, match="96 bytes"):
+        round_keys_from_bytes(raw[:-1])

@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from shared import crypto
@@ -484,3 +484,32 @@ def test_the_sum_is_closed_to_late_inputs_and_unmasked_once() -> None:
     state.server.unmask(answers, request)
     with pytest.raises(Conflict, match="already unmasked"):
         state.server.unmask(answers, request)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), count=st.integers(min_value=17, max_value=24))
+def test_sparse_graphs_unmask_or_fail_cleanly(data: st.DataObject, count: int) -> None:
+    names = [f"s{i:02d}" for i in range(count)]
+    degree = data.draw(st.sampled_from([4, 6]))
+    threshold = data.draw(st.integers(min_value=2, max_value=degree + 1))
+    dropped = frozenset(data.draw(st.lists(st.sampled_from(names), max_size=6)))
+    deltas = random_deltas(names, data.draw(st.integers(0, 1000)))
+    weights = {name: 1 + i for i, name in enumerate(names)}
+    state = start(names, threshold=threshold, spec=SPEC, degree=degree)
+    share(state)
+    for name in names:
+        if name not in dropped:
+            upload(state, mask(state, name, deltas[name], weights[name]))
+    kept = {n: deltas[n] for n in names if n not in dropped}
+    # unmaskable exactly when every site's holders keep t survivors
+    feasible = all(len((state.graph[site] | {site}) - dropped) >= threshold for site in names)
+    event("unmaskable" if feasible else "too few holders")
+    if not feasible:
+        with pytest.raises(Conflict) as info:
+            unmask(state)
+        assert info.value.code == "secagg_threshold"
+        assert not any(s.revealed for s in state.sites.values())
+        return
+    mean, total = unmask(state)
+    assert total == sum(weights[n] for n in kept)
+    assert_close(mean, fedavg(kept, weights, CLIP), bound(len(kept), total))
