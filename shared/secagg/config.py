@@ -95,6 +95,11 @@ def check_run(
             "sees only the sum; clip at the site (secure_aggregation.clip_range)"
         )
     size = neighbourhood_size(secure, sites)
+    if quorum < 2:
+        raise ValueError(
+            f"min_sites ({quorum}) must be at least 2 with secure_aggregation: the sum of a "
+            "round closed with one site would be that site's update"
+        )
     if secure.threshold is not None:
         if secure.threshold > quorum:
             raise ValueError(

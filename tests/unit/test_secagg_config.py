@@ -91,6 +91,12 @@ def test_fewer_than_three_sites_refused() -> None:
 
 
 @pytest.mark.usefixtures("server_runs_it")
+def test_min_sites_of_one_refused() -> None:
+    message = refusal({"sites": SITES, "min_sites": 1, "secure_aggregation": {}})
+    assert "min_sites (1) must be at least 2 with secure_aggregation" in message
+
+
+@pytest.mark.usefixtures("server_runs_it")
 def test_threshold_above_min_sites_refused() -> None:
     message = refusal(config(threshold=5))
     assert "secure_aggregation.threshold (5) cannot exceed min_sites (4)" in message
