@@ -13,7 +13,8 @@ Tree (the HTTP status in brackets)::
     │   └── Forbidden [403]         forbidden, wrong_site
     ├── NotFound [404]              not_found, unknown_run, unknown_site, unknown_round
     ├── Conflict [409]              conflict, round_not_open, round_closed, update_conflict,
-    │                               stale_round, site_exists, run_state
+    │                               stale_round, site_exists, run_state,
+    │                               secagg_threshold, secagg_refused
     ├── PayloadTooLarge [413]       payload_too_large
     ├── IntegrityError [400]        bad_signature, decryption_failed, hash_mismatch,
     │                               malformed_envelope, truncated
@@ -94,6 +95,8 @@ class Conflict(FedsegError):
         "stale_round",
         "site_exists",
         "run_state",
+        "secagg_threshold",  # too few survivors hold shares to unmask a round's sum
+        "secagg_refused",  # a site refuses an unmask request that would reveal one input
     )
 
 

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from shared.secagg.config import SecureAggregationConfig, check_available, check_run
+
 FORMAT_VERSION: Literal[1] = 1
 
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]*$")]
@@ -106,6 +108,7 @@ class RunConfig(WireModel):
     aggregator: Literal["fedavg"] = "fedavg"
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    secure_aggregation: SecureAggregationConfig | None = None
     seed: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
@@ -114,6 +117,14 @@ class RunConfig(WireModel):
             raise ValueError("sites must be unique")
         if self.min_sites is not None and self.min_sites > len(self.sites):
             raise ValueError("min_sites cannot exceed the number of sites")
+        if self.secure_aggregation is not None:
+            check_run(
+                self.secure_aggregation,
+                sites=len(self.sites),
+                quorum=self.quorum,
+                aggregator=self.aggregator,
+            )
+            check_available()
         return self
 
     @property
