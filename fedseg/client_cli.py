@@ -2,7 +2,8 @@
 
 Heavy imports (torch, MONAI) happen inside the commands so that ``--help`` stays fast.
 Every expected failure ends with one clear line on stderr and a non-zero exit code,
-never a traceback.
+never a traceback. Exit codes: 0 done, 1 failed (the line says why), 2 bad usage,
+3 state dir not usable, 4 data not usable, 130 stopped (Ctrl-C or SIGTERM).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import base64
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -31,6 +33,10 @@ app = typer.Typer(
 stdout = Console(highlight=False, soft_wrap=True)
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 log = logging.getLogger("fedseg.client")
+
+EXIT_STATE_DIR = 3
+EXIT_DATA = 4
+EXIT_STOPPED = 130
 
 
 def _fail(message: str, exit_code: int = 1) -> NoReturn:
@@ -86,9 +92,12 @@ def enroll(
 ) -> None:
     """Make the site's key, enroll with the server, pin its key, store the credential.
 
-    With ``--server-fingerprint`` the key is checked against the one given out of band,
-    so a man in the middle at enrollment is refused instead of pinned.
+    The server's key is fetched and checked against ``--server-fingerprint`` *before*
+    the one-time token is sent, so a typo or a man in the middle leaves the token
+    unspent. A malformed fingerprint is refused before anything goes on the network.
+    Exit codes: 0 enrolled, 1 refused or failed, 2 bad usage, 3 state dir not usable.
     """
+    from client.preflight import check_state_dir
     from client.state import Credentials, ServerPin, StateDir
     from client.transport import HttpTransport, RetryPolicy
     from shared import crypto
@@ -99,9 +108,19 @@ def enroll(
     secret = token or (settings.enroll_token.get_secret_value() if settings.enroll_token else None)
     secret = _require(secret, "--token", "FEDSEG_ENROLL_TOKEN")
     root = _require(state_dir or settings.state_dir, "--state-dir", "FEDSEG_STATE_DIR")
+    if expect_fingerprint is not None and crypto.normal_fingerprint(expect_fingerprint) is None:
+        _fail(
+            f"--server-fingerprint {expect_fingerprint!r} is not a fingerprint: it must be "
+            "64 hex digits (16 groups of 4, spaces or colons allowed); nothing was sent",
+            exit_code=2,
+        )
     state = StateDir(Path(root))
     if state.enrolled:
         _fail(f"{state.root} is already enrolled; use a fresh --state-dir to enroll again")
+    try:
+        check_state_dir(state.root)
+    except FedsegError as exc:
+        _fail(exc.message, exit_code=EXIT_STATE_DIR)
     try:
         if state.site_key_path.is_file():
             site_key = state.load_site_key()
@@ -110,20 +129,24 @@ def enroll(
             crypto.save_signing_key(site_key, state.site_key_path)
         public = base64.b64encode(crypto.public_bytes(site_key.public_key())).decode()
         with HttpTransport(server_url, retry=RetryPolicy(attempts=4)) as transport:
+            published = transport.server_key()
+            server_key = crypto.ed25519_public_from_bytes(base64.b64decode(published.public_key))
+            if crypto.key_id(server_key) != published.key_id:
+                _fail("the server's key does not match its key id; token not sent")
+            if expect_fingerprint is not None and not crypto.same_fingerprint(
+                expect_fingerprint, crypto.fingerprint(server_key)
+            ):
+                _fail(
+                    "the server's key fingerprint is "
+                    f"{crypto.fingerprint(server_key)}, not the expected {expect_fingerprint}; "
+                    "not pinning it, and the token was not sent (it is still valid: check "
+                    "the fingerprint with the admin and run the command again)"
+                )
             answer = transport.enroll(EnrollRequest(token=secret, signing_public_key=public))
-        server_key = crypto.ed25519_public_from_bytes(base64.b64decode(answer.server_signing_key))
-        if crypto.key_id(server_key) != answer.server_key_id or (
+        if answer.server_signing_key != published.public_key or (
             crypto.fingerprint(server_key) != answer.server_fingerprint
         ):
-            _fail("the server's key does not match its id or fingerprint; not pinning it")
-        if expect_fingerprint is not None and not crypto.same_fingerprint(
-            expect_fingerprint, crypto.fingerprint(server_key)
-        ):
-            _fail(
-                "the server's key fingerprint is "
-                f"{crypto.fingerprint(server_key)}, not the expected {expect_fingerprint}; "
-                "not pinning it (ask the admin for a new token and the right fingerprint)"
-            )
+            _fail("the server enrolled with another key than it published; not pinning it")
         pin = ServerPin(
             server_url=server_url,
             site=answer.site,
@@ -157,7 +180,11 @@ def run(
     state_dir: Annotated[
         Path | None, typer.Option("--state-dir", help="The site's state directory.")
     ] = None,
-    data: Annotated[Path | None, typer.Option("--data", help="The site's dataset.")] = None,
+    data: Annotated[
+        Path | None,
+        # readable=False: the preflight check says "permission denied" with the uid and a fix
+        typer.Option("--data", help="The site's dataset.", readable=False),
+    ] = None,
     server: Annotated[
         str | None, typer.Option("--server", help="Server URL (default: the enrolled one).")
     ] = None,
@@ -174,10 +201,21 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the agent: poll for tasks, train on the local data, upload sealed updates."""
+    from client.preflight import check_data_dir, check_state_dir
+
     _setup_logging(verbose)
     settings = _settings()
     root = _require(state_dir or settings.state_dir, "--state-dir", "FEDSEG_STATE_DIR")
     data_path = _require(data or settings.data_dir, "--data", "FEDSEG_DATA_DIR")
+    try:
+        check_state_dir(Path(root))
+    except FedsegError as exc:
+        _fail(exc.message, exit_code=EXIT_STATE_DIR)
+    try:
+        check_data_dir(Path(data_path))
+    except FedsegError as exc:
+        _fail(exc.message, exit_code=EXIT_DATA)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         code = _run_agent(
             Path(root),
@@ -191,8 +229,18 @@ def run(
     except FedsegError as exc:
         _fail(f"{exc.message} [{exc.code}]")
     except KeyboardInterrupt:
-        raise typer.Exit(130) from None
+        stderr.print(
+            f"stopped; nothing is lost: run the same command again and the round resumes "
+            f"(state in {root})",
+            markup=False,
+        )
+        raise typer.Exit(EXIT_STOPPED) from None
     raise typer.Exit(code)
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    """``docker stop`` sends SIGTERM: stop as on Ctrl-C, so the server hears of it."""
+    raise KeyboardInterrupt
 
 
 def _run_agent(

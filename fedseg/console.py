@@ -139,6 +139,7 @@ STATUS_STYLES: Mapping[str, str] = {
     "completed": "bold green",
     "failed": "bold red",
     "error": "bold red",
+    "stopped": "yellow",
     "revoked": "red",
     "cancelled": "red",
 }
