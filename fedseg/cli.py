@@ -23,6 +23,7 @@ _GROUPS: tuple[tuple[str, str, str | None], ...] = (
     ("fedseg.admin_cli", "app", "admin"),
     ("fedseg.phantoms_cli", "register", None),
     ("fedseg.simulate_cli", "register", None),
+    ("fedseg.predict_cli", "register", None),
 )
 
 
