@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -48,7 +50,9 @@ app = typer.Typer(
 )
 sites_app = typer.Typer(help="Register, list and revoke sites (hospitals).", no_args_is_help=True)
 runs_app = typer.Typer(help="Create, start, stop and follow runs.", no_args_is_help=True)
-models_app = typer.Typer(help="List and download signed model versions.", no_args_is_help=True)
+models_app = typer.Typer(
+    help="List, download and export signed model versions.", no_args_is_help=True
+)
 app.add_typer(sites_app, name="sites")
 app.add_typer(runs_app, name="runs")
 app.add_typer(models_app, name="models")
@@ -628,3 +632,101 @@ def audit(
             client.audit_latest(limit) if after is None else client.audit(limit=limit, after=after)
         )
     _show(events, as_json, views.audit_table)
+
+
+class ExportFormat(StrEnum):
+    """Formats ``models export`` writes."""
+
+    monai_bundle = "monai-bundle"
+
+
+@models_app.command("export")
+def models_export(
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="A run (id or name) to download the model from, or a bundle tar already "
+            "downloaded (final-model.tar, models download): then no server is needed.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="New folder for the exported model.", file_okay=False),
+    ],
+    server_key: Annotated[
+        str,
+        typer.Option(
+            "--server-key",
+            help="The server's public key the model must be signed with: PEM, base64, a "
+            "file, or a fingerprint (checked against the server's published key).",
+        ),
+    ],
+    version: Annotated[
+        int | None,
+        typer.Option(
+            "--version", min=0, help="Model version of the run.", show_default="the latest"
+        ),
+    ] = None,
+    export_format: Annotated[
+        ExportFormat, typer.Option("--format", help="What to write.")
+    ] = ExportFormat.monai_bundle,
+    server: ServerOpt = DEFAULT_SERVER,
+    token_file: TokenFileOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export a verified model as a MONAI bundle (configs, state dict, TorchScript, provenance).
+
+    From a run it downloads and verifies the version and records the run's sites,
+    rounds and privacy settings; from a downloaded tar it works offline and records
+    what the signed bundle says.
+    """
+    from fedseg.export import Provenance, export_monai_bundle
+    from fedseg.model_file import open_model
+
+    with errors_as_messages():
+        if Path(source).exists():
+            key = load_server_key(server_key)
+            opened, data = open_model(Path(source), key)
+            if data is None:
+                raise InvalidInput(f"{source}: export needs the bundle as a tar file")
+            provenance = Provenance(
+                run_id=opened.manifest.run_id,
+                version=opened.manifest.round,
+                server_fingerprint=crypto.fingerprint(key),
+            )
+        else:
+            with _client(server, token_file) as client:
+                key = load_server_key(server_key, fetch=client.server_key)
+                info = client.find_run(source)
+                with tempfile.TemporaryDirectory() as folder:
+                    tar = Path(folder) / "bundle.tar"
+                    download_model(client, info.id, tar, version=version, server_key=key)
+                    opened, data = open_model(tar, key)
+            assert data is not None
+            provenance = Provenance(
+                run_id=info.id,
+                version=opened.manifest.round,
+                run_name=info.name,
+                rounds=info.config.rounds,
+                sites=list(info.config.sites),
+                privacy=info.config.privacy.model_dump(mode="json"),
+                training=info.config.training.model_dump(mode="json"),
+                server_fingerprint=crypto.fingerprint(key),
+                extra={"run_status": info.status, "min_sites": info.config.min_sites},
+            )
+        meta = export_monai_bundle(opened, data, provenance, out)
+    result = {"format": export_format.value, "out": str(out), **meta["fedseg"]}
+    if as_json:
+        print_json(result)
+        return
+    stdout.print(
+        f"Exported version {result['version']} of run {result['run_name'] or result['run_id']} "
+        f"as a MONAI bundle in {out} (TorchScript: {'yes' if result['torchscript'] else 'no'}).",
+        markup=False,
+    )
+    stdout.print(
+        f"Run it: python -m monai.bundle run --config_file {out}/configs/inference.json "
+        f"--meta_file {out}/configs/metadata.json --bundle_root {out} --dataset_dir CASES",
+        markup=False,
+    )

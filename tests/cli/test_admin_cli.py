@@ -338,3 +338,45 @@ def test_runs_create_warns_about_sites_that_have_not_enrolled(admin):
     result = admin("runs", "create", "--site", "never-enrolled")
     assert result.exit_code == 0, result.stderr
     assert "never-enrolled has not enrolled yet" in result.stderr
+
+
+def test_models_export_from_a_run_records_its_provenance(admin, server, tmp_path):
+    _make_sites(admin, "export-a", "export-b")
+    run = RunInfo.model_validate(
+        _json(
+            admin(
+                "runs",
+                "create",
+                "--site",
+                "export-a",
+                "--site",
+                "export-b",
+                "--rounds",
+                "2",
+                "--start",
+                "--json",
+            )
+        )
+    )
+    key = crypto.load_signing_key(server.key_file).public_key()
+    out = tmp_path / "bundle"
+    result = _json(
+        admin(
+            "models",
+            "export",
+            run.name,
+            "--out",
+            str(out),
+            "--format",
+            "monai-bundle",
+            "--server-key",
+            crypto.fingerprint(key),
+            "--json",
+        )
+    )
+    assert result["run_id"] == run.id and result["version"] == 0
+    meta = json.loads((out / "configs" / "metadata.json").read_text())["fedseg"]
+    assert meta["sites"] == ["export-a", "export-b"] and meta["rounds"] == 2
+    assert meta["privacy"] == {"clip_norm": None}
+    assert meta["server_fingerprint"] == crypto.fingerprint(key)
+    assert (out / "models" / "model.pt").is_file()
