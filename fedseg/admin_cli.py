@@ -21,12 +21,14 @@ from typing import Annotated, Any, TypeVar
 import typer
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import BaseModel
 from rich.console import RenderableType
 from rich.live import Live
 
 from fedseg import admin_views as views
 from fedseg.admin_client import AdminClient, read_token_file
 from fedseg.console import (
+    MODEL_CHOICES,
     errors_as_messages,
     jsonable,
     print_json,
@@ -38,7 +40,7 @@ from fedseg.server_key import load_server_key
 from shared import crypto
 from shared.bundle import open_bundle, read_bundle_files
 from shared.errors import BundleError, IntegrityError, InvalidInput
-from shared.schemas import RunConfig, SiteCreated
+from shared.schemas import RunConfig, SiteCreated, TrainingConfig
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 TOKEN_ENV = "FEDSEG_ADMIN_TOKEN"  # noqa: S105 - the variable's name, not a secret
@@ -73,6 +75,11 @@ TokenFileOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 RunArg = Annotated[str, typer.Argument(help="Run id (or its name).")]
+
+
+def _default(model: type[BaseModel], name: str) -> str:
+    """A schema field's default as help shows it, so help and server never disagree."""
+    return str(model.model_fields[name].default)
 
 
 def _token(token_file: Path | None) -> str:
@@ -171,7 +178,13 @@ def server_key_command(
     server: ServerOpt = DEFAULT_SERVER,
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="Also write the public PEM to this file.", dir_okay=False),
+        typer.Option(
+            "--out",
+            "-o",
+            help="Also write the public PEM to this file.",
+            dir_okay=False,
+            show_default="print only",
+        ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -317,6 +330,7 @@ def runs_create(
             "--config",
             "-c",
             help="Run config as YAML or JSON (flags override it).",
+            show_default="flags only",
             exists=True,
             dir_okay=False,
         ),
@@ -324,26 +338,94 @@ def runs_create(
     name: Annotated[
         str | None, typer.Option("--name", help="Run name (default: run-<time>).")
     ] = None,
-    model: Annotated[str | None, typer.Option("--model", help="Model from the registry.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="Model from the registry.",
+            metavar=MODEL_CHOICES,
+            show_default=_default(RunConfig, "model"),
+        ),
+    ] = None,
     model_param: Annotated[
         list[str] | None,
-        typer.Option("--model-param", help="Model parameter KEY=VALUE (JSON value), repeatable."),
+        typer.Option(
+            "--model-param",
+            help="Model parameter KEY=VALUE (JSON value), repeatable.",
+            show_default="the model's own",
+        ),
     ] = None,
-    rounds: Annotated[int | None, typer.Option("--rounds", min=1)] = None,
+    rounds: Annotated[
+        int | None,
+        typer.Option(
+            "--rounds", min=1, help="Rounds to run.", show_default=_default(RunConfig, "rounds")
+        ),
+    ] = None,
     site: Annotated[
-        list[str] | None, typer.Option("--site", help="A member site, repeatable.")
+        list[str] | None,
+        typer.Option("--site", help="A member site, repeatable.", show_default="the config file's"),
     ] = None,
     min_sites: Annotated[
-        int | None, typer.Option("--min-sites", min=1, help="Quorum once the deadline passes.")
+        int | None,
+        typer.Option(
+            "--min-sites",
+            min=1,
+            help="Quorum once the deadline passes.",
+            show_default="all sites",
+        ),
     ] = None,
-    local_steps: Annotated[int | None, typer.Option("--local-steps", min=1)] = None,
-    crop_size: Annotated[int | None, typer.Option("--crop-size", min=8)] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
-    learning_rate: Annotated[float | None, typer.Option("--learning-rate")] = None,
+    local_steps: Annotated[
+        int | None,
+        typer.Option(
+            "--local-steps",
+            min=1,
+            help="Training steps per site per round.",
+            show_default=_default(TrainingConfig, "local_steps"),
+        ),
+    ] = None,
+    crop_size: Annotated[
+        int | None,
+        typer.Option(
+            "--crop-size",
+            min=8,
+            help="Side of the training crops.",
+            show_default=_default(TrainingConfig, "crop_size"),
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-size",
+            min=1,
+            help="Crops per step.",
+            show_default=_default(TrainingConfig, "batch_size"),
+        ),
+    ] = None,
+    learning_rate: Annotated[
+        float | None,
+        typer.Option(
+            "--learning-rate",
+            help="Adam learning rate.",
+            show_default=_default(TrainingConfig, "learning_rate"),
+        ),
+    ] = None,
     round_timeout: Annotated[
-        float | None, typer.Option("--round-timeout", help="Round deadline in seconds.")
+        float | None,
+        typer.Option(
+            "--round-timeout",
+            help="Round deadline in seconds.",
+            show_default=_default(RunConfig, "round_timeout_s"),
+        ),
     ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", min=0)] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            "--seed",
+            min=0,
+            help="Seed of the initial model.",
+            show_default=_default(RunConfig, "seed"),
+        ),
+    ] = None,
     start: Annotated[bool, typer.Option("--start", help="Start the run right away.")] = False,
     server: ServerOpt = DEFAULT_SERVER,
     token_file: TokenFileOpt = None,
@@ -583,6 +665,7 @@ def models_download(
             help="The server's public key: PEM, base64, a file holding one, or its "
             "fingerprint (checked against the server's published key). The bundle's "
             "signature is verified before it is written.",
+            show_default="not verified; only the listed sha256 is checked",
         ),
     ] = None,
     server: ServerOpt = DEFAULT_SERVER,

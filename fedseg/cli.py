@@ -6,6 +6,7 @@ Each role's commands live in their own module; this file only wires them togethe
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import typer
 
@@ -69,7 +70,20 @@ def _mount() -> None:
             app.add_typer(target, name=group)
 
 
+def _hide_flag_types() -> None:
+    """Typer shows ``<bool>`` as the type of every flag, but a flag takes no value."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
 _mount()
+_hide_flag_types()
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from fedseg.console import MODEL_CHOICES
 from shared.errors import FedsegError
 
 app = typer.Typer(
@@ -75,10 +76,25 @@ def _cpu_threads() -> int | None:
 
 @app.command()
 def enroll(
-    server: Annotated[str | None, typer.Option("--server", help="Server URL.")] = None,
-    token: Annotated[str | None, typer.Option("--token", help="One-time enrollment token.")] = None,
+    server: Annotated[
+        str | None,
+        typer.Option("--server", help="Server URL.", show_default="$FEDSEG_SERVER_URL"),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            help="One-time enrollment token from the admin.",
+            show_default="$FEDSEG_ENROLL_TOKEN",
+        ),
+    ] = None,
     state_dir: Annotated[
-        Path | None, typer.Option("--state-dir", help="The site's state directory.")
+        Path | None,
+        typer.Option(
+            "--state-dir",
+            help="The site's state directory (keys, credential, ledger).",
+            show_default="$FEDSEG_STATE_DIR",
+        ),
     ] = None,
     expect_fingerprint: Annotated[
         str | None,
@@ -86,6 +102,7 @@ def enroll(
             "--server-fingerprint",
             envvar="FEDSEG_SERVER_FINGERPRINT",
             help="The server key fingerprint the admin gave you: refuse to pin any other key.",
+            show_default="none: the key is pinned as it comes (compare it by eye)",
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -178,15 +195,28 @@ def enroll(
 @app.command()
 def run(
     state_dir: Annotated[
-        Path | None, typer.Option("--state-dir", help="The site's state directory.")
+        Path | None,
+        typer.Option(
+            "--state-dir",
+            help="The site's state directory (from enrollment).",
+            show_default="$FEDSEG_STATE_DIR",
+        ),
     ] = None,
     data: Annotated[
         Path | None,
         # readable=False: the preflight check says "permission denied" with the uid and a fix
-        typer.Option("--data", help="The site's dataset.", readable=False),
+        typer.Option(
+            "--data",
+            help="The site's dataset (read only).",
+            readable=False,
+            show_default="$FEDSEG_DATA_DIR",
+        ),
     ] = None,
     server: Annotated[
-        str | None, typer.Option("--server", help="Server URL (default: the enrolled one).")
+        str | None,
+        typer.Option(
+            "--server", help="Server URL.", show_default="the enrolled one; $FEDSEG_SERVER_URL"
+        ),
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     exit_when_done: Annotated[
@@ -198,9 +228,14 @@ def run(
     poll_wait: Annotated[
         float, typer.Option("--poll-wait", min=0, max=300, help="Long-poll seconds.")
     ] = 20.0,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
 ) -> None:
-    """Run the agent: poll for tasks, train on the local data, upload sealed updates."""
+    """Run the agent: poll for tasks, train on the local data, upload sealed updates.
+
+    Reads FEDSEG_STATE_DIR, FEDSEG_DATA_DIR, FEDSEG_SERVER_URL when the flags are not
+    given, and OMP_NUM_THREADS (CPU threads). Exit codes: 0 done, 1 failed, 2 bad usage,
+    3 state dir not writable, 4 data not usable, 130 stopped (the round resumes on restart).
+    """
     from client.preflight import check_data_dir, check_state_dir
 
     _setup_logging(verbose)
@@ -348,25 +383,53 @@ def check_data(
 
 @app.command("train-local")
 def train_local(
-    data: Annotated[Path | None, typer.Option("--data", help="The dataset.")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="The dataset.", show_default="$FEDSEG_DATA_DIR"),
+    ] = None,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Optimiser steps.")] = 200,
     model: Annotated[
-        str, typer.Option("--model", help="Registered model name.")
+        str, typer.Option("--model", help="Registered model name.", metavar=MODEL_CHOICES)
     ] = "segresnet-small",
-    crop_size: Annotated[int, typer.Option("--crop-size", min=8, max=256)] = 32,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=256)] = 2,
-    learning_rate: Annotated[float, typer.Option("--lr", min=0.0)] = 1e-4,
-    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0)] = 1e-5,
-    val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.01, max=0.99)] = 0.2,
-    max_val_cases: Annotated[int, typer.Option("--max-val-cases", min=1)] = 8,
-    seed: Annotated[int, typer.Option("--seed", min=0)] = 0,
+    crop_size: Annotated[
+        int, typer.Option("--crop-size", min=8, max=256, help="Side of the training crops.")
+    ] = 32,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, max=256, help="Crops per step.")
+    ] = 2,
+    learning_rate: Annotated[
+        float, typer.Option("--lr", min=0.0, help="Adam learning rate.")
+    ] = 1e-4,
+    weight_decay: Annotated[
+        float, typer.Option("--weight-decay", min=0.0, help="Adam weight decay.")
+    ] = 1e-5,
+    val_fraction: Annotated[
+        float,
+        typer.Option(
+            "--val-fraction", min=0.01, max=0.99, help="Share of cases held out for validation."
+        ),
+    ] = 0.2,
+    max_val_cases: Annotated[
+        int, typer.Option("--max-val-cases", min=1, help="At most this many validation cases.")
+    ] = 8,
+    seed: Annotated[
+        int, typer.Option("--seed", min=0, help="Seed of the split, the model and the crops.")
+    ] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     save: Annotated[
-        Path | None, typer.Option("--save", help="Write the trained weights (safetensors).")
+        Path | None,
+        typer.Option(
+            "--save",
+            help="Write the trained weights (safetensors).",
+            show_default="not saved",
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Train the same model on this dataset alone: the reference without federation."""
+    """Train the same model on this dataset alone: the reference without federation.
+
+    Reads FEDSEG_DATA_DIR when --data is not given, and OMP_NUM_THREADS (CPU threads).
+    """
     from pydantic import ValidationError
 
     from client.data import valid_cases
