@@ -289,6 +289,8 @@ class Simulation:
 
         final_bytes, final = fetch(config.rounds)
         (self.config.workdir / "final-model.tar").write_bytes(final_bytes)
+        # the public half, so `fedseg predict --server-key` can verify the tar offline
+        (self.config.workdir / "server-key.pem").write_bytes(crypto.public_key_pem(key))
         initial = fetch(0)[1] if self.baseline else None
         federation.children.stop_all()  # the server's work is done: free the CPU
         splits = self._phase(
