@@ -808,8 +808,4 @@ def models_export(
         f"as a MONAI bundle in {out} (TorchScript: {'yes' if result['torchscript'] else 'no'}).",
         markup=False,
     )
-    stdout.print(
-        f"Run it: python -m monai.bundle run --config_file {out}/configs/inference.json "
-        f"--meta_file {out}/configs/metadata.json --bundle_root {out} --dataset_dir CASES",
-        markup=False,
-    )
+    stdout.print(f"How to run it: {out}/docs/README.md", markup=False)

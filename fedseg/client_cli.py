@@ -3,7 +3,7 @@
 Heavy imports (torch, MONAI) happen inside the commands so that ``--help`` stays fast.
 Every expected failure ends with one clear line on stderr and a non-zero exit code,
 never a traceback. Exit codes: 0 done, 1 failed (the line says why), 2 bad usage,
-3 state dir not usable, 4 data not usable, 130 stopped (Ctrl-C or SIGTERM).
+5 state dir not writable, 6 data not usable, 130 stopped (Ctrl-C or SIGTERM).
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ stdout = Console(highlight=False, soft_wrap=True)
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 log = logging.getLogger("fedseg.client")
 
-EXIT_STATE_DIR = 3
-EXIT_DATA = 4
+EXIT_STATE_DIR = 5  # 2, 3 and 4 are the container entrypoint's (docker/client-entrypoint.py)
+EXIT_DATA = 6
 EXIT_STOPPED = 130
 
 
@@ -112,7 +112,7 @@ def enroll(
     The server's key is fetched and checked against ``--server-fingerprint`` *before*
     the one-time token is sent, so a typo or a man in the middle leaves the token
     unspent. A malformed fingerprint is refused before anything goes on the network.
-    Exit codes: 0 enrolled, 1 refused or failed, 2 bad usage, 3 state dir not usable.
+    Exit codes: 0 enrolled, 1 refused or failed, 2 bad usage, 5 state dir not writable.
     """
     from client.preflight import check_state_dir
     from client.state import Credentials, ServerPin, StateDir
@@ -234,7 +234,7 @@ def run(
 
     Reads FEDSEG_STATE_DIR, FEDSEG_DATA_DIR, FEDSEG_SERVER_URL when the flags are not
     given, and OMP_NUM_THREADS (CPU threads). Exit codes: 0 done, 1 failed, 2 bad usage,
-    3 state dir not writable, 4 data not usable, 130 stopped (the round resumes on restart).
+    5 state dir not writable, 6 data not usable, 130 stopped (the round resumes on restart).
     """
     from client.preflight import check_data_dir, check_state_dir
 

@@ -257,8 +257,12 @@ Weights sha256 `{info["weights_sha256"]}`, signed by the server key `{info["key_
 
 ## Run it (offline)
 
-    python -m monai.bundle run --config_file configs/inference.json \\
-        --meta_file configs/metadata.json --bundle_root . --dataset_dir /path/to/cases
+    python -c "from monai.bundle import run; run(bundle_root='.', \\
+        config_file='configs/inference.json', meta_file='configs/metadata.json', \\
+        dataset_dir='/path/to/cases')"
+
+or, with MONAI's optional `fire` package: `python -m monai.bundle run --bundle_root .
+--config_file configs/inference.json --meta_file configs/metadata.json --dataset_dir …`.
 
 `dataset_dir` holds one folder per case with `<case>_t1/_t1ce/_t2/_flair.nii.gz`; the
 label maps (BraTS codes 1, 2, 4) land in `eval/` in each input's geometry. Or, with
