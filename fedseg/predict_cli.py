@@ -30,6 +30,7 @@ def predict(
             help="Cases to segment: a dataset folder in any supported layout, a datalist "
             "JSON, or one case's folder (<case>_t1/_t1ce/_t2/_flair.nii.gz); several allowed.",
             show_default=False,
+            metavar="INPUT",
         ),
     ],
     model: Annotated[
