@@ -348,10 +348,20 @@ def check_data(
     ] = 2,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Check every case of a dataset and list each one's problems; exit 0 if enough pass."""
-    from client.data import check_dataset
+    """Check every case of a dataset and list each one's problems; exit 0 if enough pass.
 
-    report = check_dataset(path, min_cases)
+    A folder that cannot be the dataset (unreadable, DICOM, one case, one level too high)
+    is reported in one line that names the fix, before any case is read.
+    """
+    from client.data import DataReport, check_dataset
+    from client.preflight import check_data_dir
+
+    try:
+        check_data_dir(path)
+    except FedsegError as exc:
+        report = DataReport(root=path, layout=None, min_cases=min_cases, problems=[exc.message])
+    else:
+        report = check_dataset(path, min_cases)
     if as_json:
         sys.stdout.write(json.dumps(report.as_dict(), indent=2) + "\n")
         raise typer.Exit(0 if report.ok else 1)

@@ -106,9 +106,10 @@ def load_server_key(spec: str, *, fetch: Callable[[], ServerKey] | None = None) 
             )
         return key_from_server(fetch, digits)
     try:
-        return _from_raw(text.decode(), what)
-    except (InvalidInput, UnicodeDecodeError):
+        base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
         raise InvalidInput(
             f"{what} is neither a PEM public key, base64 key, JSON nor a fingerprint: "
             f"{WHERE_TO_GET}"
         ) from None
+    return _from_raw(text.decode(), what)  # base64: a key, or a clear "not 32 bytes"

@@ -111,3 +111,34 @@ def test_ctrl_c_prints_one_line_saying_the_round_resumes(tmp_path, dataset, monk
     monkeypatch.setattr(client_cli, "_run_agent", interrupted)
     message = _one_line(_run(tmp_path / "state", dataset), client_cli.EXIT_STOPPED)
     assert "round resumes" in message
+
+
+def test_check_data_names_the_fix_for_a_dicom_folder(tmp_path):
+    series = tmp_path / "export" / "series1"
+    series.mkdir(parents=True)
+    (series / "IM0001.dcm").write_bytes(b"\0" * 128 + b"DICM")
+    result = CliRunner().invoke(
+        app, ["client", "check-data", str(tmp_path / "export")], catch_exceptions=False
+    )
+    assert result.exit_code == 1
+    assert "dcm2niix" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_enroll_refuses_an_unwritable_state_dir_before_any_network_call(tmp_path, monkeypatch):
+    parent = tmp_path / "mnt"
+    parent.mkdir()
+    _deny(monkeypatch, parent, os.W_OK)
+    try:
+        result = CliRunner().invoke(
+            app,
+            [
+                "client", "enroll", "--server", "http://127.0.0.1:9", "--token",
+                "fse_" + "a" * 40, "--state-dir", str(parent / "state"),
+            ],
+            catch_exceptions=False,
+        )  # fmt: skip
+    finally:
+        parent.chmod(0o755)
+    message = _one_line(result, client_cli.EXIT_STATE_DIR)
+    assert "not writable: permission denied" in message
+    assert not (parent / "state").exists()
