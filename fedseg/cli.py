@@ -22,6 +22,7 @@ _GROUPS: tuple[tuple[str, str, str | None], ...] = (
     ("fedseg.server_cli", "app", "server"),
     ("fedseg.client_cli", "app", "client"),
     ("fedseg.admin_cli", "app", "admin"),
+    ("fedseg.export_cli", "register", None),  # adds `admin models export`
     ("fedseg.phantoms_cli", "register", None),
     ("fedseg.simulate_cli", "register", None),
     ("fedseg.predict_cli", "register", None),
