@@ -363,6 +363,10 @@ class Agent:
                 try:
                     self.run_task(poll.task)
                     failures = 0
+                except KeyboardInterrupt:
+                    # tell the dashboard, or it shows the last state (say downloading) forever
+                    self._report(poll.task.task, "stopped", "the client was stopped; it resumes")
+                    raise
                 except AuthError:
                     raise
                 except FedsegError as exc:

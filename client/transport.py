@@ -32,7 +32,14 @@ from shared.errors import (
     Unavailable,
     error_for_code,
 )
-from shared.schemas import EnrollRequest, EnrollResponse, StatusReport, TaskPoll, UpdateReceipt
+from shared.schemas import (
+    EnrollRequest,
+    EnrollResponse,
+    ServerKey,
+    StatusReport,
+    TaskPoll,
+    UpdateReceipt,
+)
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +189,11 @@ class HttpTransport:
     def health(self) -> None:
         """Raise `Unavailable` unless the server answers its health check."""
         self._call("health check", "GET", routes.HEALTHZ, None)
+
+    def server_key(self) -> ServerKey:
+        """The server's public signing key (no credential needed), to check before enrolling."""
+        result: ServerKey = self._call("server key", "GET", routes.SERVER_KEY, ServerKey)
+        return result
 
     def enroll(self, request: EnrollRequest) -> EnrollResponse:
         """Exchange an enrollment token and the site's public key for a credential."""

@@ -10,7 +10,8 @@ Without arguments:
    seconds), run ``fedseg client enroll``.
 4. ``exec fedseg client run`` (``--exit-when-done`` when FEDSEG_EXIT_WHEN_DONE=1).
 With arguments: run ``fedseg <arguments>`` instead (e.g. ``client check-data /data``).
-Exit codes: 2 data missing, 3 server unreachable, 4 not enrolled and no token.
+Exit codes: 2 data missing, 3 server unreachable, 4 not enrolled and no token,
+5 state dir not writable, 6 data not readable; then those of ``fedseg client run``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ def env_float(name: str, default: float) -> float:
 
 def check_data(data_dir: Path) -> None:
     """Stop with a message unless the data directory is mounted and not empty."""
+    if data_dir.is_dir() and not os.access(data_dir, os.R_OK | os.X_OK):
+        log(
+            f"cannot read {data_dir}: permission denied (running as uid {os.getuid()}); "
+            f"give that uid read access on the host (e.g. chmod -R a+rX on the data)"
+        )
+        sys.exit(6)
     if not data_dir.is_dir() or not any(data_dir.iterdir()):
         log(
             f"no data at {data_dir}: mount the site's harmonised MRI read-only, e.g. "
@@ -135,8 +142,11 @@ def main() -> None:
         log("FEDSEG_SERVER_URL is not set: pass -e FEDSEG_SERVER_URL=https://<server>")
         sys.exit(64)
     if not os.access(state_dir, os.W_OK):
-        log(f"{state_dir} is not writable by uid {os.getuid()}: mount a volume there")
-        sys.exit(2)
+        log(
+            f"{state_dir} is not writable: permission denied (running as uid {os.getuid()}); "
+            "mount a volume there (-v fedseg-state:/var/lib/fedseg)"
+        )
+        sys.exit(5)
     check_data(data_dir)
     wait_for_server(server, env_float("FEDSEG_SERVER_WAIT_S", 120))
     if not enrolled(state_dir):

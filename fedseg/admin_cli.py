@@ -8,8 +8,6 @@ server's stable error code, and exit code 1.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import os
@@ -20,18 +18,27 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 import yaml
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import BaseModel
 from rich.console import RenderableType
 from rich.live import Live
 
 from fedseg import admin_views as views
 from fedseg.admin_client import AdminClient, read_token_file
-from fedseg.console import errors_as_messages, jsonable, print_json, print_json_line, stdout
+from fedseg.console import (
+    MODEL_CHOICES,
+    errors_as_messages,
+    jsonable,
+    print_json,
+    print_json_line,
+    stderr,
+    stdout,
+)
+from fedseg.server_key import load_server_key
 from shared import crypto
 from shared.bundle import open_bundle, read_bundle_files
-from shared.errors import BundleError, FedsegError, IntegrityError, InvalidInput
-from shared.schemas import RunConfig
+from shared.errors import BundleError, IntegrityError, InvalidInput
+from shared.schemas import RunConfig, SiteCreated, TrainingConfig
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 TOKEN_ENV = "FEDSEG_ADMIN_TOKEN"  # noqa: S105 - the variable's name, not a secret
@@ -43,7 +50,9 @@ app = typer.Typer(
 )
 sites_app = typer.Typer(help="Register, list and revoke sites (hospitals).", no_args_is_help=True)
 runs_app = typer.Typer(help="Create, start, stop and follow runs.", no_args_is_help=True)
-models_app = typer.Typer(help="List and download signed model versions.", no_args_is_help=True)
+models_app = typer.Typer(
+    help="List, download and export signed model versions.", no_args_is_help=True
+)
 app.add_typer(sites_app, name="sites")
 app.add_typer(runs_app, name="runs")
 app.add_typer(models_app, name="models")
@@ -66,6 +75,11 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")
 RunArg = Annotated[str, typer.Argument(help="Run id (or its name).")]
 
 
+def _default(model: type[BaseModel], name: str) -> str:
+    """A schema field's default as help shows it, so help and server never disagree."""
+    return str(model.model_fields[name].default)
+
+
 def _token(token_file: Path | None) -> str:
     if token_file is not None:
         return read_token_file(token_file)
@@ -75,8 +89,12 @@ def _token(token_file: Path | None) -> str:
     return token
 
 
-def _client(server: str, token_file: Path | None) -> AdminClient:
+def client_for(server: str, token_file: Path | None) -> AdminClient:
+    """An admin client for ``--server`` with the token from the file or the environment."""
     return AdminClient(server, _token(token_file))
+
+
+_client = client_for  # the name the commands here use
 
 
 def _show(value: _T, as_json: bool, view: Callable[[_T], RenderableType]) -> None:
@@ -101,20 +119,95 @@ def sites_create(
     token_file: TokenFileOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Register a site and print its one-time enrollment token."""
+    """Register a site; print its one-time token and the exact enroll command for the site."""
     with errors_as_messages(), _client(server, token_file) as client:
+        fingerprint = client.server_key().fingerprint
         created = client.create_site(name, token_ttl_s=ttl)
+    _print_enrollment(created, server, fingerprint, as_json)
+
+
+def enroll_command(server: str, token: str, fingerprint: str) -> str:
+    """The command the site's IT runs, with the server fingerprint to check."""
+    return (
+        f"fedseg client enroll --server {server} --token {token} "
+        f"--server-fingerprint '{fingerprint}' --state-dir /var/lib/fedseg"
+    )
+
+
+def _print_enrollment(created: SiteCreated, server: str, fingerprint: str, as_json: bool) -> None:
+    command = enroll_command(server, created.enrollment_token, fingerprint)
     if as_json:
-        print_json(created)
+        print_json(created)  # exactly a SiteCreated; the fingerprint: admin server-key --json
         return
-    stdout.print(f"Site [bold]{created.site.name}[/] registered ({created.site.status}).")
+    stdout.print(f"Site [bold]{created.site.name}[/] is {created.site.status}.")
     stdout.print("Enrollment token (shown once; hand it to the site's IT over a safe channel):")
     stdout.print(created.enrollment_token, markup=False)
-    stdout.print(f"Valid until {created.expires_at.isoformat()}. At the site:")
+    stdout.print(f"Server key fingerprint: {fingerprint}", markup=False)
     stdout.print(
-        f"  fedseg client enroll --server {server} --token <token> --state-dir <dir>",
+        f"Valid until {created.expires_at.isoformat()}. At the site (any --state-dir):",
         markup=False,
     )
+    stdout.print(f"  {command}", markup=False, soft_wrap=True)
+
+
+@sites_app.command("reissue-token")
+def sites_reissue_token(
+    name: Annotated[str, typer.Argument(help="Site name.")],
+    ttl: Annotated[
+        float | None,
+        typer.Option(
+            "--ttl",
+            help="Seconds the new token stays valid.",
+            show_default="the server's default, 7 days",
+        ),
+    ] = None,
+    server: ServerOpt = DEFAULT_SERVER,
+    token_file: TokenFileOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Give a site a new one-time token: its old token and enrolled key stop working.
+
+    Also the way back for a revoked site, or one whose enrollment went wrong.
+    """
+    with errors_as_messages(), _client(server, token_file) as client:
+        fingerprint = client.server_key().fingerprint
+        created = client.reissue_token(name, token_ttl_s=ttl)
+    _print_enrollment(created, server, fingerprint, as_json)
+
+
+@app.command("server-key")
+def server_key_command(
+    server: ServerOpt = DEFAULT_SERVER,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Also write the public PEM to this file.",
+            dir_okay=False,
+            show_default="print only",
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print the server's public key (PEM), its fingerprint and key id; no token needed.
+
+    The PEM is what every --server-key accepts; check the fingerprint with the one
+    ``fedseg server init`` printed before trusting it.
+    """
+    with errors_as_messages(), AdminClient(server, None) as client:
+        key = client.server_key()
+        if out is not None:
+            try:
+                out.write_text(key.public_key_pem, encoding="utf-8")
+            except OSError as exc:
+                raise InvalidInput(f"cannot write --out {out}: {exc.strerror}") from None
+    if as_json:
+        print_json(key)
+        return
+    stdout.print(key.public_key_pem.rstrip(), markup=False)
+    stdout.print(f"fingerprint: {key.fingerprint}", markup=False)
+    stdout.print(f"key id: {key.key_id}", markup=False)
 
 
 @sites_app.command("list")
@@ -239,6 +332,7 @@ def runs_create(
             "--config",
             "-c",
             help="Run config as YAML or JSON (flags override it).",
+            show_default="flags only",
             exists=True,
             dir_okay=False,
         ),
@@ -246,26 +340,94 @@ def runs_create(
     name: Annotated[
         str | None, typer.Option("--name", help="Run name (default: run-<time>).")
     ] = None,
-    model: Annotated[str | None, typer.Option("--model", help="Model from the registry.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="Model from the registry.",
+            metavar=MODEL_CHOICES,
+            show_default=_default(RunConfig, "model"),
+        ),
+    ] = None,
     model_param: Annotated[
         list[str] | None,
-        typer.Option("--model-param", help="Model parameter KEY=VALUE (JSON value), repeatable."),
+        typer.Option(
+            "--model-param",
+            help="Model parameter KEY=VALUE (JSON value), repeatable.",
+            show_default="the model's own",
+        ),
     ] = None,
-    rounds: Annotated[int | None, typer.Option("--rounds", min=1)] = None,
+    rounds: Annotated[
+        int | None,
+        typer.Option(
+            "--rounds", min=1, help="Rounds to run.", show_default=_default(RunConfig, "rounds")
+        ),
+    ] = None,
     site: Annotated[
-        list[str] | None, typer.Option("--site", help="A member site, repeatable.")
+        list[str] | None,
+        typer.Option("--site", help="A member site, repeatable.", show_default="the config file's"),
     ] = None,
     min_sites: Annotated[
-        int | None, typer.Option("--min-sites", min=1, help="Quorum once the deadline passes.")
+        int | None,
+        typer.Option(
+            "--min-sites",
+            min=1,
+            help="Quorum once the deadline passes.",
+            show_default="all sites",
+        ),
     ] = None,
-    local_steps: Annotated[int | None, typer.Option("--local-steps", min=1)] = None,
-    crop_size: Annotated[int | None, typer.Option("--crop-size", min=8)] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
-    learning_rate: Annotated[float | None, typer.Option("--learning-rate")] = None,
+    local_steps: Annotated[
+        int | None,
+        typer.Option(
+            "--local-steps",
+            min=1,
+            help="Training steps per site per round.",
+            show_default=_default(TrainingConfig, "local_steps"),
+        ),
+    ] = None,
+    crop_size: Annotated[
+        int | None,
+        typer.Option(
+            "--crop-size",
+            min=8,
+            help="Side of the training crops.",
+            show_default=_default(TrainingConfig, "crop_size"),
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-size",
+            min=1,
+            help="Crops per step.",
+            show_default=_default(TrainingConfig, "batch_size"),
+        ),
+    ] = None,
+    learning_rate: Annotated[
+        float | None,
+        typer.Option(
+            "--learning-rate",
+            help="Adam learning rate.",
+            show_default=_default(TrainingConfig, "learning_rate"),
+        ),
+    ] = None,
     round_timeout: Annotated[
-        float | None, typer.Option("--round-timeout", help="Round deadline in seconds.")
+        float | None,
+        typer.Option(
+            "--round-timeout",
+            help="Round deadline in seconds.",
+            show_default=_default(RunConfig, "round_timeout_s"),
+        ),
     ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", min=0)] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            "--seed",
+            min=0,
+            help="Seed of the initial model.",
+            show_default=_default(RunConfig, "seed"),
+        ),
+    ] = None,
     start: Annotated[bool, typer.Option("--start", help="Start the run right away.")] = False,
     server: ServerOpt = DEFAULT_SERVER,
     token_file: TokenFileOpt = None,
@@ -290,8 +452,18 @@ def runs_create(
         run_name = name or file_name or time.strftime("run-%Y%m%d-%H%M%S")
         with _client(server, token_file) as client:
             run = client.create_run(run_name, config)
+            status = {site.name: site.status for site in client.list_sites()}
             if start:
                 run = client.start_run(run.id)
+    for member in config.sites:
+        if status.get(member) != "active":
+            why = "has not enrolled yet" if status.get(member) == "pending" else "is revoked"
+            stderr.print(
+                f"warning: site {member} {why}; the run waits for it until it enrolls "
+                "(see fedseg admin sites list; a new token: "
+                f"fedseg admin sites reissue-token {member})",
+                markup=False,
+            )
     if as_json:
         print_json(run)
     else:
@@ -420,41 +592,6 @@ def models_list(
     _show(models, as_json, views.models_table)
 
 
-def load_server_key(spec: str) -> Ed25519PublicKey:
-    """The server's Ed25519 public key from a file or a value.
-
-    Accepts a PEM public key, the server's PEM private key (its public half is
-    used), or the raw 32-byte key in base64 (as enrollment returns it), given as a
-    file or inline.
-    """
-    path = Path(spec)
-    raw = path.read_bytes() if path.is_file() else spec.encode()
-    text = raw.strip()
-    if text.startswith(b"-----BEGIN"):
-        key: object
-        try:
-            if b"PRIVATE KEY" in text:
-                key = serialization.load_pem_private_key(text, password=None)
-            else:
-                key = serialization.load_pem_public_key(text)
-        except (ValueError, TypeError) as exc:
-            raise InvalidInput(f"cannot read the server key: {exc}") from None
-        if isinstance(key, Ed25519PrivateKey):
-            return key.public_key()
-        if isinstance(key, Ed25519PublicKey):
-            return key
-        raise InvalidInput("the server key is not an Ed25519 key")
-    try:
-        decoded = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        what = "file" if path.is_file() else "value (nor an existing file)"
-        raise InvalidInput(f"the server key {what} is neither PEM nor base64") from None
-    try:
-        return crypto.ed25519_public_from_bytes(decoded)
-    except FedsegError:
-        raise InvalidInput("the server key is not a 32-byte Ed25519 key") from None
-
-
 def download_model(
     client: AdminClient,
     run_id: str,
@@ -527,8 +664,10 @@ def models_download(
         str | None,
         typer.Option(
             "--server-key",
-            help="Pinned server key (PEM or base64, file or value): "
-            "verify the bundle's signature before writing it.",
+            help="The server's public key: PEM, base64, a file holding one, or its "
+            "fingerprint (checked against the server's published key). The bundle's "
+            "signature is verified before it is written.",
+            show_default="not verified; only the listed sha256 is checked",
         ),
     ] = None,
     server: ServerOpt = DEFAULT_SERVER,
@@ -536,11 +675,10 @@ def models_download(
     as_json: JsonOpt = False,
 ) -> None:
     """Download a signed model bundle (and verify it with the pinned server key)."""
-    with errors_as_messages():
-        key = load_server_key(server_key) if server_key else None
-        with _client(server, token_file) as client:
-            info = client.find_run(run)
-            result = download_model(client, info.id, out, version=version, server_key=key)
+    with errors_as_messages(), _client(server, token_file) as client:
+        key = load_server_key(server_key, fetch=client.server_key) if server_key else None
+        info = client.find_run(run)
+        result = download_model(client, info.id, out, version=version, server_key=key)
     if as_json:
         print_json(result)
         return

@@ -27,10 +27,12 @@ from shared.schemas import (
     RunConfig,
     RunCreate,
     RunInfo,
+    ServerKey,
     SignInLink,
     SiteCreate,
     SiteCreated,
     SiteInfo,
+    SiteReissue,
 )
 
 M = TypeVar("M", bound=BaseModel)
@@ -158,6 +160,10 @@ class AdminClient:
         link = self._one(SignInLink, "POST", routes.UI_SIGN_IN_LINKS)
         return f"{self.base_url}{link.path}"
 
+    def server_key(self) -> ServerKey:
+        """The server's public signing key (no token needed)."""
+        return self._one(ServerKey, "GET", routes.SERVER_KEY)
+
     # --- sites ----------------------------------------------------------------------------
 
     def create_site(self, name: str, *, token_ttl_s: float | None = None) -> SiteCreated:
@@ -176,6 +182,12 @@ class AdminClient:
     def revoke_site(self, name: str) -> SiteInfo:
         """Revoke a site's credential (and any unused enrollment token)."""
         return self._one(SiteInfo, "POST", routes.SITE_REVOKE.format(name=_segment(name)))
+
+    def reissue_token(self, name: str, *, token_ttl_s: float | None = None) -> SiteCreated:
+        """A fresh enrollment token; the old token and the site's enrolled key stop working."""
+        body = SiteReissue() if token_ttl_s is None else SiteReissue(token_ttl_s=token_ttl_s)
+        path = routes.SITE_REISSUE.format(name=_segment(name))
+        return self._one(SiteCreated, "POST", path, json=body.model_dump(mode="json"))
 
     # --- runs -----------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ Each role's commands live in their own module; this file only wires them togethe
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import typer
 
@@ -21,8 +22,10 @@ _GROUPS: tuple[tuple[str, str, str | None], ...] = (
     ("fedseg.server_cli", "app", "server"),
     ("fedseg.client_cli", "app", "client"),
     ("fedseg.admin_cli", "app", "admin"),
+    ("fedseg.export_cli", "register", None),  # adds `admin models export`
     ("fedseg.phantoms_cli", "register", None),
     ("fedseg.simulate_cli", "register", None),
+    ("fedseg.predict_cli", "register", None),
 )
 
 
@@ -68,7 +71,20 @@ def _mount() -> None:
             app.add_typer(target, name=group)
 
 
+def _hide_flag_types() -> None:
+    """Typer shows ``<bool>`` as the type of every flag, but a flag takes no value."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
 _mount()
+_hide_flag_types()
 
 
 def main() -> None:

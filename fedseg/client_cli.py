@@ -2,7 +2,8 @@
 
 Heavy imports (torch, MONAI) happen inside the commands so that ``--help`` stays fast.
 Every expected failure ends with one clear line on stderr and a non-zero exit code,
-never a traceback.
+never a traceback. Exit codes: 0 done, 1 failed (the line says why), 2 bad usage,
+5 state dir not writable, 6 data not usable, 130 stopped (Ctrl-C or SIGTERM).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import base64
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -21,6 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from fedseg.console import MODEL_CHOICES
 from shared.errors import FedsegError
 
 app = typer.Typer(
@@ -31,6 +34,10 @@ app = typer.Typer(
 stdout = Console(highlight=False, soft_wrap=True)
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 log = logging.getLogger("fedseg.client")
+
+EXIT_STATE_DIR = 5  # 2, 3 and 4 are the container entrypoint's (docker/client-entrypoint.py)
+EXIT_DATA = 6
+EXIT_STOPPED = 130
 
 
 def _fail(message: str, exit_code: int = 1) -> NoReturn:
@@ -69,10 +76,25 @@ def _cpu_threads() -> int | None:
 
 @app.command()
 def enroll(
-    server: Annotated[str | None, typer.Option("--server", help="Server URL.")] = None,
-    token: Annotated[str | None, typer.Option("--token", help="One-time enrollment token.")] = None,
+    server: Annotated[
+        str | None,
+        typer.Option("--server", help="Server URL.", show_default="$FEDSEG_SERVER_URL"),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            help="One-time enrollment token from the admin.",
+            show_default="$FEDSEG_ENROLL_TOKEN",
+        ),
+    ] = None,
     state_dir: Annotated[
-        Path | None, typer.Option("--state-dir", help="The site's state directory.")
+        Path | None,
+        typer.Option(
+            "--state-dir",
+            help="The site's state directory (keys, credential, ledger).",
+            show_default="$FEDSEG_STATE_DIR",
+        ),
     ] = None,
     expect_fingerprint: Annotated[
         str | None,
@@ -80,15 +102,19 @@ def enroll(
             "--server-fingerprint",
             envvar="FEDSEG_SERVER_FINGERPRINT",
             help="The server key fingerprint the admin gave you: refuse to pin any other key.",
+            show_default="none: the key is pinned as it comes (compare it by eye)",
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Make the site's key, enroll with the server, pin its key, store the credential.
 
-    With ``--server-fingerprint`` the key is checked against the one given out of band,
-    so a man in the middle at enrollment is refused instead of pinned.
+    The server's key is fetched and checked against ``--server-fingerprint`` *before*
+    the one-time token is sent, so a typo or a man in the middle leaves the token
+    unspent. A malformed fingerprint is refused before anything goes on the network.
+    Exit codes: 0 enrolled, 1 refused or failed, 2 bad usage, 5 state dir not writable.
     """
+    from client.preflight import check_state_dir
     from client.state import Credentials, ServerPin, StateDir
     from client.transport import HttpTransport, RetryPolicy
     from shared import crypto
@@ -99,9 +125,19 @@ def enroll(
     secret = token or (settings.enroll_token.get_secret_value() if settings.enroll_token else None)
     secret = _require(secret, "--token", "FEDSEG_ENROLL_TOKEN")
     root = _require(state_dir or settings.state_dir, "--state-dir", "FEDSEG_STATE_DIR")
+    if expect_fingerprint is not None and crypto.normal_fingerprint(expect_fingerprint) is None:
+        _fail(
+            f"--server-fingerprint {expect_fingerprint!r} is not a fingerprint: it must be "
+            "64 hex digits (16 groups of 4, spaces or colons allowed); nothing was sent",
+            exit_code=2,
+        )
     state = StateDir(Path(root))
     if state.enrolled:
         _fail(f"{state.root} is already enrolled; use a fresh --state-dir to enroll again")
+    try:
+        check_state_dir(state.root)
+    except FedsegError as exc:
+        _fail(exc.message, exit_code=EXIT_STATE_DIR)
     try:
         if state.site_key_path.is_file():
             site_key = state.load_site_key()
@@ -110,20 +146,24 @@ def enroll(
             crypto.save_signing_key(site_key, state.site_key_path)
         public = base64.b64encode(crypto.public_bytes(site_key.public_key())).decode()
         with HttpTransport(server_url, retry=RetryPolicy(attempts=4)) as transport:
+            published = transport.server_key()
+            server_key = crypto.ed25519_public_from_bytes(base64.b64decode(published.public_key))
+            if crypto.key_id(server_key) != published.key_id:
+                _fail("the server's key does not match its key id; token not sent")
+            if expect_fingerprint is not None and not crypto.same_fingerprint(
+                expect_fingerprint, crypto.fingerprint(server_key)
+            ):
+                _fail(
+                    "the server's key fingerprint is "
+                    f"{crypto.fingerprint(server_key)}, not the expected {expect_fingerprint}; "
+                    "not pinning it, and the token was not sent (it is still valid: check "
+                    "the fingerprint with the admin and run the command again)"
+                )
             answer = transport.enroll(EnrollRequest(token=secret, signing_public_key=public))
-        server_key = crypto.ed25519_public_from_bytes(base64.b64decode(answer.server_signing_key))
-        if crypto.key_id(server_key) != answer.server_key_id or (
+        if answer.server_signing_key != published.public_key or (
             crypto.fingerprint(server_key) != answer.server_fingerprint
         ):
-            _fail("the server's key does not match its id or fingerprint; not pinning it")
-        if expect_fingerprint is not None and not crypto.same_fingerprint(
-            expect_fingerprint, crypto.fingerprint(server_key)
-        ):
-            _fail(
-                "the server's key fingerprint is "
-                f"{crypto.fingerprint(server_key)}, not the expected {expect_fingerprint}; "
-                "not pinning it (ask the admin for a new token and the right fingerprint)"
-            )
+            _fail("the server enrolled with another key than it published; not pinning it")
         pin = ServerPin(
             server_url=server_url,
             site=answer.site,
@@ -155,11 +195,28 @@ def enroll(
 @app.command()
 def run(
     state_dir: Annotated[
-        Path | None, typer.Option("--state-dir", help="The site's state directory.")
+        Path | None,
+        typer.Option(
+            "--state-dir",
+            help="The site's state directory (from enrollment).",
+            show_default="$FEDSEG_STATE_DIR",
+        ),
     ] = None,
-    data: Annotated[Path | None, typer.Option("--data", help="The site's dataset.")] = None,
+    data: Annotated[
+        Path | None,
+        # readable=False: the preflight check says "permission denied" with the uid and a fix
+        typer.Option(
+            "--data",
+            help="The site's dataset (read only).",
+            readable=False,
+            show_default="$FEDSEG_DATA_DIR",
+        ),
+    ] = None,
     server: Annotated[
-        str | None, typer.Option("--server", help="Server URL (default: the enrolled one).")
+        str | None,
+        typer.Option(
+            "--server", help="Server URL.", show_default="the enrolled one; $FEDSEG_SERVER_URL"
+        ),
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     exit_when_done: Annotated[
@@ -171,13 +228,29 @@ def run(
     poll_wait: Annotated[
         float, typer.Option("--poll-wait", min=0, max=300, help="Long-poll seconds.")
     ] = 20.0,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
 ) -> None:
-    """Run the agent: poll for tasks, train on the local data, upload sealed updates."""
+    """Run the agent: poll for tasks, train on the local data, upload sealed updates.
+
+    Reads FEDSEG_STATE_DIR, FEDSEG_DATA_DIR, FEDSEG_SERVER_URL when the flags are not
+    given, and OMP_NUM_THREADS (CPU threads). Exit codes: 0 done, 1 failed, 2 bad usage,
+    5 state dir not writable, 6 data not usable, 130 stopped (the round resumes on restart).
+    """
+    from client.preflight import check_data_dir, check_state_dir
+
     _setup_logging(verbose)
     settings = _settings()
     root = _require(state_dir or settings.state_dir, "--state-dir", "FEDSEG_STATE_DIR")
     data_path = _require(data or settings.data_dir, "--data", "FEDSEG_DATA_DIR")
+    try:
+        check_state_dir(Path(root))
+    except FedsegError as exc:
+        _fail(exc.message, exit_code=EXIT_STATE_DIR)
+    try:
+        check_data_dir(Path(data_path))
+    except FedsegError as exc:
+        _fail(exc.message, exit_code=EXIT_DATA)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         code = _run_agent(
             Path(root),
@@ -191,8 +264,18 @@ def run(
     except FedsegError as exc:
         _fail(f"{exc.message} [{exc.code}]")
     except KeyboardInterrupt:
-        raise typer.Exit(130) from None
+        stderr.print(
+            f"stopped; nothing is lost: run the same command again and the round resumes "
+            f"(state in {root})",
+            markup=False,
+        )
+        raise typer.Exit(EXIT_STOPPED) from None
     raise typer.Exit(code)
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    """``docker stop`` sends SIGTERM: stop as on Ctrl-C, so the server hears of it."""
+    raise KeyboardInterrupt
 
 
 def _run_agent(
@@ -265,10 +348,20 @@ def check_data(
     ] = 2,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Check every case of a dataset and list each one's problems; exit 0 if enough pass."""
-    from client.data import check_dataset
+    """Check every case of a dataset and list each one's problems; exit 0 if enough pass.
 
-    report = check_dataset(path, min_cases)
+    A folder that cannot be the dataset (unreadable, DICOM, one case, one level too high)
+    is reported in one line that names the fix, before any case is read.
+    """
+    from client.data import DataReport, check_dataset
+    from client.preflight import check_data_dir
+
+    try:
+        check_data_dir(path)
+    except FedsegError as exc:
+        report = DataReport(root=path, layout=None, min_cases=min_cases, problems=[exc.message])
+    else:
+        report = check_dataset(path, min_cases)
     if as_json:
         sys.stdout.write(json.dumps(report.as_dict(), indent=2) + "\n")
         raise typer.Exit(0 if report.ok else 1)
@@ -300,25 +393,53 @@ def check_data(
 
 @app.command("train-local")
 def train_local(
-    data: Annotated[Path | None, typer.Option("--data", help="The dataset.")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="The dataset.", show_default="$FEDSEG_DATA_DIR"),
+    ] = None,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Optimiser steps.")] = 200,
     model: Annotated[
-        str, typer.Option("--model", help="Registered model name.")
+        str, typer.Option("--model", help="Registered model name.", metavar=MODEL_CHOICES)
     ] = "segresnet-small",
-    crop_size: Annotated[int, typer.Option("--crop-size", min=8, max=256)] = 32,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=256)] = 2,
-    learning_rate: Annotated[float, typer.Option("--lr", min=0.0)] = 1e-4,
-    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0)] = 1e-5,
-    val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.01, max=0.99)] = 0.2,
-    max_val_cases: Annotated[int, typer.Option("--max-val-cases", min=1)] = 8,
-    seed: Annotated[int, typer.Option("--seed", min=0)] = 0,
+    crop_size: Annotated[
+        int, typer.Option("--crop-size", min=8, max=256, help="Side of the training crops.")
+    ] = 32,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, max=256, help="Crops per step.")
+    ] = 2,
+    learning_rate: Annotated[
+        float, typer.Option("--lr", min=0.0, help="Adam learning rate.")
+    ] = 1e-4,
+    weight_decay: Annotated[
+        float, typer.Option("--weight-decay", min=0.0, help="Adam weight decay.")
+    ] = 1e-5,
+    val_fraction: Annotated[
+        float,
+        typer.Option(
+            "--val-fraction", min=0.01, max=0.99, help="Share of cases held out for validation."
+        ),
+    ] = 0.2,
+    max_val_cases: Annotated[
+        int, typer.Option("--max-val-cases", min=1, help="At most this many validation cases.")
+    ] = 8,
+    seed: Annotated[
+        int, typer.Option("--seed", min=0, help="Seed of the split, the model and the crops.")
+    ] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     save: Annotated[
-        Path | None, typer.Option("--save", help="Write the trained weights (safetensors).")
+        Path | None,
+        typer.Option(
+            "--save",
+            help="Write the trained weights (safetensors).",
+            show_default="not saved",
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Train the same model on this dataset alone: the reference without federation."""
+    """Train the same model on this dataset alone: the reference without federation.
+
+    Reads FEDSEG_DATA_DIR when --data is not given, and OMP_NUM_THREADS (CPU threads).
+    """
     from pydantic import ValidationError
 
     from client.data import valid_cases

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from shared.errors import FedsegError
+from shared.models import REGISTRY
 
 
 def _width(stream: object) -> int | None:
@@ -25,6 +26,8 @@ def _width(stream: object) -> int | None:
         return None
     return 120
 
+
+MODEL_CHOICES = "[" + "|".join(sorted(REGISTRY)) + "]"  # the metavar of every --model
 
 stdout = Console(highlight=False, soft_wrap=True, width=_width(sys.stdout))
 stderr = Console(stderr=True, highlight=False, soft_wrap=True, width=_width(sys.stderr))
@@ -139,6 +142,7 @@ STATUS_STYLES: Mapping[str, str] = {
     "completed": "bold green",
     "failed": "bold red",
     "error": "bold red",
+    "stopped": "yellow",
     "revoked": "red",
     "cancelled": "red",
 }

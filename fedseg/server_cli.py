@@ -48,8 +48,10 @@ def init(data_dir: DataDir, json_output: JsonFlag = False) -> None:
 @app.command()
 def serve(
     data_dir: DataDir,
-    host: Annotated[str, typer.Option(envvar="FEDSEG_HOST")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar="FEDSEG_PORT")] = 8000,
+    host: Annotated[
+        str, typer.Option(envvar="FEDSEG_HOST", help="Address to listen on (0.0.0.0: all).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="FEDSEG_PORT", help="TCP port to listen on.")] = 8000,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
     """Run the API with uvicorn until interrupted."""

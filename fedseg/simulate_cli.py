@@ -23,7 +23,7 @@ from rich.live import Live
 from rich.text import Text
 
 from fedseg import admin_views as views
-from fedseg.console import duration, errors_as_messages, stderr, stdout
+from fedseg.console import MODEL_CHOICES, duration, errors_as_messages, stderr, stdout
 from fedseg.report import build_report, dice_table, plot_dice, timing_table, write_report
 from fedseg.simulate import Federation, SimulationConfig, prepare_workdir
 from fedseg.simulate_procs import TerminationRequested, sigterm_as_interrupt
@@ -57,28 +57,51 @@ def simulate(
     local_steps: Annotated[
         int, typer.Option("--local-steps", min=1, help="Training steps per site per round.")
     ] = 50,
-    model: Annotated[str, typer.Option("--model", help="Model from the registry.")] = (
-        "segresnet-small"
-    ),
+    model: Annotated[
+        str, typer.Option("--model", help="Model from the registry.", metavar=MODEL_CHOICES)
+    ] = ("segresnet-small"),
     model_param: Annotated[
         list[str] | None,
-        typer.Option("--model-param", help="Model parameter KEY=VALUE (JSON value), repeatable."),
+        typer.Option(
+            "--model-param",
+            help="Model parameter KEY=VALUE (JSON value), repeatable.",
+            show_default="the model's own",
+        ),
     ] = None,
-    crop_size: Annotated[int, typer.Option("--crop-size", min=8)] = 32,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 2,
-    learning_rate: Annotated[float, typer.Option("--learning-rate")] = 2e-3,
+    crop_size: Annotated[
+        int, typer.Option("--crop-size", min=8, help="Side of the training crops (voxels).")
+    ] = 32,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, help="Crops per training step.")
+    ] = 2,
+    learning_rate: Annotated[
+        float, typer.Option("--learning-rate", help="Adam learning rate at each site.")
+    ] = 2e-3,
     min_sites: Annotated[
-        int | None, typer.Option("--min-sites", min=1, help="Quorum once a deadline passes.")
+        int | None,
+        typer.Option(
+            "--min-sites",
+            min=1,
+            help="Quorum once a deadline passes.",
+            show_default="all sites",
+        ),
     ] = None,
     round_timeout: Annotated[
         float, typer.Option("--round-timeout", help="Round deadline in seconds.")
     ] = 900.0,
-    seed: Annotated[int, typer.Option("--seed", min=0)] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", min=0, help="Seed of the data, the initial model and splits.")
+    ] = 0,
     client_threads: Annotated[
         int, typer.Option("--client-threads", min=1, help="CPU threads per client process.")
     ] = 1,
     timeout: Annotated[
-        float | None, typer.Option("--timeout", help="Give up after this many seconds of run.")
+        float | None,
+        typer.Option(
+            "--timeout",
+            help="Give up after this many seconds of run.",
+            show_default="no limit",
+        ),
     ] = None,
 ) -> None:
     """Run a whole federation on this machine: server, sites, run, report and plot."""
@@ -271,6 +294,8 @@ class Simulation:
 
         final_bytes, final = fetch(config.rounds)
         (self.config.workdir / "final-model.tar").write_bytes(final_bytes)
+        # the public half, so `fedseg predict --server-key` can verify the tar offline
+        (self.config.workdir / "server-key.pem").write_bytes(crypto.public_key_pem(key))
         initial = fetch(0)[1] if self.baseline else None
         federation.children.stop_all()  # the server's work is done: free the CPU
         splits = self._phase(

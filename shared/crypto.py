@@ -160,6 +160,25 @@ def fingerprint(public_key: Ed25519PublicKey | X25519PublicKey) -> str:
     return " ".join(digest[i : i + 4] for i in range(0, len(digest), 4))
 
 
+def public_key_pem(key: Ed25519PublicKey) -> bytes:
+    """An Ed25519 public key as PEM (SubjectPublicKeyInfo), for people and files."""
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def normal_fingerprint(text: str) -> str | None:
+    """A fingerprint as people type it, as 64 upper-case hex digits; None if malformed.
+
+    Spaces, colons and case do not matter, so a pasted fingerprint is checked locally
+    before anything is sent anywhere.
+    """
+    digits = "".join(ch for ch in text.upper() if ch not in " :\t-")
+    if len(digits) != 64 or any(ch not in "0123456789ABCDEF" for ch in digits):
+        return None
+    return digits
+
+
 def same_fingerprint(given: str, actual: str) -> bool:
     """Compare fingerprints as people type them: case, spaces and colons do not matter."""
 

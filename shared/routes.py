@@ -15,6 +15,7 @@ PREFIX: Final = "/api/v1"
 HEALTHZ: Final = "/healthz"  # GET, no auth: the process answers
 READYZ: Final = "/readyz"  # GET, no auth: database and blob store reachable
 METRICS: Final = "/metrics"  # GET, no auth: Prometheus text format
+SERVER_KEY: Final = f"{PREFIX}/server/key"  # GET, no auth -> ServerKey (public, to pin or verify)
 
 # site scope
 ENROLL: Final = f"{PREFIX}/enroll"  # POST EnrollRequest -> EnrollResponse (enrollment token)
@@ -32,6 +33,7 @@ MODEL_BUNDLE: Final = (
 # admin scope (GET also viewer)
 SITES: Final = f"{PREFIX}/sites"  # GET -> list[SiteInfo]; POST SiteCreate -> SiteCreated
 SITE_REVOKE: Final = f"{PREFIX}/sites/{{name}}/revoke"  # POST -> SiteInfo
+SITE_REISSUE: Final = f"{PREFIX}/sites/{{name}}/reissue-token"  # POST SiteReissue -> SiteCreated
 RUNS: Final = f"{PREFIX}/runs"  # GET -> list[RunInfo]; POST RunCreate -> RunInfo
 RUN: Final = f"{PREFIX}/runs/{{run_id}}"  # GET -> RunInfo
 RUN_START: Final = f"{PREFIX}/runs/{{run_id}}/start"  # POST -> RunInfo

@@ -136,7 +136,15 @@ class RunConfig(WireModel):
 RunStatus = Literal["created", "running", "completed", "failed", "cancelled"]
 RoundState = Literal["created", "open", "aggregating", "closed", "failed", "cancelled"]
 SiteState = Literal[
-    "waiting", "downloading", "evaluating", "training", "sealing", "uploading", "uploaded", "error"
+    "waiting",
+    "downloading",
+    "evaluating",
+    "training",
+    "sealing",
+    "uploading",
+    "uploaded",
+    "error",
+    "stopped",
 ]
 
 
@@ -220,6 +228,21 @@ class SiteCreated(WireModel):
     site: SiteInfo
     enrollment_token: str
     expires_at: datetime
+
+
+class SiteReissue(WireModel):
+    """Admin request for a fresh enrollment token; the old token and site key stop working."""
+
+    token_ttl_s: float = Field(default=7 * 24 * 3600, gt=0, le=90 * 24 * 3600)
+
+
+class ServerKey(WireModel):
+    """The server's public signing key: what sites pin and admins verify bundles with."""
+
+    public_key_pem: str
+    public_key: Base64
+    key_id: Sha256Hex
+    fingerprint: str
 
 
 class EnrollRequest(WireModel):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from server.api import admin, operations, site
+from server.api import admin, keys, operations, site
 
 ROUTERS: tuple[APIRouter, ...] = (
     operations.router,
+    keys.router,
     site.router,
     site.bundles,
     admin.sites,

@@ -17,6 +17,7 @@ from shared.schemas import (
     SiteCreate,
     SiteCreated,
     SiteInfo,
+    SiteReissue,
 )
 
 sites = APIRouter(tags=["sites"])
@@ -67,6 +68,17 @@ async def list_sites(principal: PrincipalDep, services: ServicesDep) -> list[Sit
 async def revoke_site(name: str, principal: PrincipalDep, services: ServicesDep) -> SiteInfo:
     """The site's credential stops working at once; this cannot be undone."""
     return await services.sites.revoke(name, principal)
+
+
+@sites.post(routes.SITE_REISSUE, status_code=201, summary="Re-issue a site's token (admin)")
+async def reissue_site_token(
+    name: str,
+    principal: PrincipalDep,
+    services: ServicesDep,
+    request: Annotated[SiteReissue | None, Body()] = None,
+) -> SiteCreated:
+    """A new one-time token; the old token and the site's enrolled key stop working."""
+    return await services.sites.reissue_token(name, request or SiteReissue(), principal)
 
 
 @runs.post(routes.RUNS, status_code=201, summary="Create a run (admin)")

@@ -88,6 +88,16 @@ class Repository:
             select(EnrollmentTokenRow).where(EnrollmentTokenRow.token_hash == token_hash)
         )
 
+    async def unused_enrollment_tokens(self, site_id: int) -> Sequence[EnrollmentTokenRow]:
+        """A site's enrollment tokens that were never spent (expired or not)."""
+        return (
+            await self.session.scalars(
+                select(EnrollmentTokenRow).where(
+                    EnrollmentTokenRow.site_id == site_id, EnrollmentTokenRow.used_at.is_(None)
+                )
+            )
+        ).all()
+
     async def add_admin_token(
         self, *, token_hash: str, role: str, label: str, now: datetime
     ) -> AdminTokenRow:

@@ -1,19 +1,35 @@
-"""Sites: registration by an admin, one-time enrollment by the hospital, revocation."""
+"""Sites: registration by an admin, one-time enrollment by the hospital, revocation.
+
+A site enrolls only with an unspent, unexpired token while it is ``pending``. Revoking
+is for good unless an admin re-issues a token: that expires every unspent token of the
+site, forgets its enrolled key and credential, and makes it ``pending`` again, so the
+only way back in is the new token. Every refused enrollment is audited (with a short
+prefix of the token's hash, never the token).
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from server.db.engine import Database
+from server.db.models import EnrollmentTokenRow, SiteRow
 from server.db.repositories import site_info
 from server.services.auth import ENROLL_PREFIX, SITE_PREFIX, Principal, hash_secret, new_secret, now
 from shared import crypto
 from shared.errors import AuthError, Conflict, FedsegError, InvalidInput, NotFound
-from shared.schemas import EnrollRequest, EnrollResponse, SiteCreate, SiteCreated, SiteInfo
+from shared.schemas import (
+    EnrollRequest,
+    EnrollResponse,
+    ServerKey,
+    SiteCreate,
+    SiteCreated,
+    SiteInfo,
+    SiteReissue,
+)
 
 
 class SiteService:
@@ -22,6 +38,15 @@ class SiteService:
     def __init__(self, db: Database, server_key: Ed25519PublicKey) -> None:
         self._db = db
         self._server_key = server_key
+
+    def server_key(self) -> ServerKey:
+        """The server's public signing key in every form a verifier may want."""
+        return ServerKey(
+            public_key_pem=crypto.public_key_pem(self._server_key).decode(),
+            public_key=base64.b64encode(crypto.public_bytes(self._server_key)).decode(),
+            key_id=crypto.key_id(self._server_key),
+            fingerprint=crypto.fingerprint(self._server_key),
+        )
 
     async def create(self, request: SiteCreate, actor: Principal) -> SiteCreated:
         """Register a site and mint its one-time enrollment token."""
@@ -60,12 +85,65 @@ class SiteService:
             site = await repo.site_by_name(name)
             if site is None:
                 raise NotFound(f"site {name} does not exist", code="unknown_site")
+            for token in await repo.unused_enrollment_tokens(site.id):
+                token.expires_at = min(token.expires_at, moment)
             if site.status != "revoked":
                 site.status = "revoked"
                 await repo.audit(
                     actor=actor.actor, action="site.revoked", target=f"site:{name}", now=moment
                 )
             return site_info(site)
+
+    async def reissue_token(self, name: str, request: SiteReissue, actor: Principal) -> SiteCreated:
+        """A fresh enrollment token; the old token, key and credential stop working."""
+        actor.require_admin()
+        token = new_secret(ENROLL_PREFIX)
+        moment = now()
+        expires_at = moment + timedelta(seconds=request.token_ttl_s)
+        async with self._db.transaction() as repo:
+            site = await repo.site_by_name(name)
+            if site is None:
+                raise NotFound(f"site {name} does not exist", code="unknown_site")
+            for old in await repo.unused_enrollment_tokens(site.id):
+                old.expires_at = min(old.expires_at, moment)
+            previous = site.status
+            site.status = "pending"
+            site.signing_public_key = None
+            site.fingerprint = None
+            site.credential_hash = None
+            site.enrolled_at = None
+            await repo.add_enrollment_token(
+                site_id=site.id, token_hash=hash_secret(token), now=moment, expires_at=expires_at
+            )
+            await repo.audit(
+                actor=actor.actor,
+                action="site.token_reissued",
+                target=f"site:{name}",
+                now=moment,
+                previous_status=previous,
+                expires_at=expires_at.isoformat(),
+            )
+            info = site_info(site)
+        return SiteCreated(site=info, enrollment_token=token, expires_at=expires_at)
+
+    @staticmethod
+    def _activate(
+        site: SiteRow,
+        token: EnrollmentTokenRow,
+        raw_key: bytes,
+        public_key: Ed25519PublicKey,
+        credential: str,
+        moment: datetime,
+    ) -> str:
+        """Spend the token and make the site active with its key and credential."""
+        token.used_at = moment
+        site.status = "active"
+        site.signing_public_key = base64.b64encode(raw_key).decode()
+        site.fingerprint = crypto.fingerprint(public_key)
+        site.credential_hash = hash_secret(credential)
+        site.enrolled_at = moment
+        site.last_seen_at = moment
+        return site.name
 
     async def enroll(self, request: EnrollRequest) -> EnrollResponse:
         """Exchange an enrollment token and the site's public key for a site credential."""
@@ -76,30 +154,44 @@ class SiteService:
             raise InvalidInput("signing_public_key must be a base64 raw Ed25519 key") from None
         credential = new_secret(SITE_PREFIX)
         moment = now()
+        token_hash = hash_secret(request.token)
+        refusal: str | None = None
         async with self._db.transaction() as repo:
-            token = await repo.enrollment_token(hash_secret(request.token))
+            token = await repo.enrollment_token(token_hash)
+            site = None if token is None else await repo.site_by_id(token.site_id)
             if token is None or token.used_at is not None:
-                raise AuthError("enrollment token is unknown or already used", code="bad_token")
-            if token.expires_at <= moment:
-                raise AuthError("enrollment token has expired", code="bad_token")
-            site = await repo.site_by_id(token.site_id)
-            if site is None or site.status != "pending":
-                raise AuthError("this site cannot enroll (revoked or enrolled)", code="bad_token")
-            token.used_at = moment
-            site.status = "active"
-            site.signing_public_key = base64.b64encode(raw_key).decode()
-            site.fingerprint = crypto.fingerprint(public_key)
-            site.credential_hash = hash_secret(credential)
-            site.enrolled_at = moment
-            site.last_seen_at = moment
-            await repo.audit(
-                actor=f"site:{site.name}",
-                action="site.enrolled",
-                target=f"site:{site.name}",
-                now=moment,
-                fingerprint=site.fingerprint,
-            )
-            name = site.name
+                refusal = "enrollment token is unknown or already used"
+            elif token.expires_at <= moment:
+                refusal = (
+                    "enrollment token has expired or was replaced; "
+                    "ask the admin for a new one (fedseg admin sites reissue-token)"
+                )
+            elif site is None or site.status != "pending":
+                refusal = (
+                    "this site cannot enroll (revoked or enrolled); "
+                    "the admin can re-issue a token (fedseg admin sites reissue-token)"
+                )
+            if refusal is not None or site is None or token is None:
+                await repo.audit(
+                    actor="anonymous",
+                    action="site.enroll_refused",
+                    target=f"site:{site.name}" if site is not None else "site:?",
+                    now=moment,
+                    reason=refusal or "unknown site",
+                    token_sha256_prefix=token_hash[:12],
+                )
+            else:
+                name = self._activate(site, token, raw_key, public_key, credential, moment)
+                await repo.audit(
+                    actor=f"site:{name}",
+                    action="site.enrolled",
+                    target=f"site:{name}",
+                    now=moment,
+                    fingerprint=site.fingerprint,
+                )
+        if refusal is not None or site is None or token is None:
+            # raised after the block, so the audit event of the refusal is committed
+            raise AuthError(refusal or "enrollment token is unknown", code="bad_token")
         return EnrollResponse(
             site=name,
             credential=credential,

@@ -192,6 +192,9 @@ def test_run_lifecycle_models_and_audit(admin, server, tmp_path):
     ]
     assert [v.round for v in versions] == [0]
 
+    key = crypto.load_signing_key(server.key_file).public_key()
+    public_pem = tmp_path / "server-key.pem"
+    public_pem.write_bytes(crypto.public_key_pem(key))
     out = tmp_path / "v0.tar"
     result = _json(
         admin(
@@ -201,12 +204,11 @@ def test_run_lifecycle_models_and_audit(admin, server, tmp_path):
             "--out",
             str(out),
             "--server-key",
-            str(server.key_file),
+            str(public_pem),
             "--json",
         )
     )
     assert result["verified"] is True and result["version"] == 0
-    key = crypto.load_signing_key(server.key_file).public_key()
     bundle = open_bundle(out.read_bytes(), {crypto.key_id(key): key})
     assert bundle.manifest.run_id == run.id and bundle.manifest.round == 0
     assert tarfile.is_tarfile(BytesIO(out.read_bytes()))
@@ -229,7 +231,7 @@ def test_run_lifecycle_models_and_audit(admin, server, tmp_path):
     assert text.exit_code == 0 and "Signature verified" in text.stdout
 
     other = tmp_path / "other.pem"
-    crypto.save_signing_key(crypto.generate_signing_key(), other)
+    other.write_bytes(crypto.public_key_pem(crypto.generate_signing_key().public_key()))
     _fails(
         admin(
             "models",
@@ -268,3 +270,113 @@ def test_run_lifecycle_models_and_audit(admin, server, tmp_path):
 
 def test_unknown_run_is_one_line(admin):
     _fails(admin("runs", "status", "no-such-run"), "unknown_run")
+
+
+def test_server_key_prints_the_public_key_and_create_prints_the_enroll_command(
+    admin, server, tmp_path
+):
+    key = crypto.load_signing_key(server.key_file).public_key()
+    out = tmp_path / "server.pem"
+    shown = _json(admin("server-key", "--json", "--out", str(out), token=None))
+    assert shown["fingerprint"] == crypto.fingerprint(key)
+    assert out.read_bytes() == crypto.public_key_pem(key)
+    text = admin("server-key", token=None)
+    assert text.exit_code == 0 and "BEGIN PUBLIC KEY" in text.stdout
+    assert "PRIVATE" not in text.stdout
+
+    created = admin("sites", "create", "printed-site")
+    assert created.exit_code == 0, created.stderr
+    assert crypto.fingerprint(key) in created.stdout
+    command = next(x for x in created.stdout.splitlines() if "fedseg client enroll" in x)
+    assert f"--server {server.url}" in command
+    assert f"--server-fingerprint '{crypto.fingerprint(key)}'" in command
+
+
+def test_server_key_options_take_a_fingerprint_and_refuse_a_private_key(admin, server, tmp_path):
+    _make_sites(admin, "key-a")
+    run = RunInfo.model_validate(
+        _json(admin("runs", "create", "--site", "key-a", "--start", "--json"))
+    )
+    key = crypto.load_signing_key(server.key_file).public_key()
+    by_fingerprint = _json(
+        admin(
+            "models",
+            "download",
+            run.id,
+            "-o",
+            str(tmp_path / "f.tar"),
+            "--server-key",
+            crypto.fingerprint(key).lower(),
+            "--json",
+        )
+    )
+    assert by_fingerprint["verified"] is True
+
+    wrong = crypto.fingerprint(crypto.generate_signing_key().public_key())
+    _fails(
+        admin("models", "download", run.id, "-o", str(tmp_path / "w.tar"), "--server-key", wrong),
+        "unknown_key",
+    )
+    message = _fails(
+        admin(
+            "models",
+            "download",
+            run.id,
+            "-o",
+            str(tmp_path / "p.tar"),
+            "--server-key",
+            str(server.key_file),
+        ),
+        "invalid_input",
+    )
+    assert "PRIVATE key" in message and "fedseg admin server-key" in message
+    assert not (tmp_path / "p.tar").exists() and not (tmp_path / "w.tar").exists()
+
+
+def test_runs_create_warns_about_sites_that_have_not_enrolled(admin):
+    _make_sites(admin, "never-enrolled")
+    result = admin("runs", "create", "--site", "never-enrolled")
+    assert result.exit_code == 0, result.stderr
+    assert "never-enrolled has not enrolled yet" in result.stderr
+
+
+def test_models_export_from_a_run_records_its_provenance(admin, server, tmp_path):
+    _make_sites(admin, "export-a", "export-b")
+    run = RunInfo.model_validate(
+        _json(
+            admin(
+                "runs",
+                "create",
+                "--site",
+                "export-a",
+                "--site",
+                "export-b",
+                "--rounds",
+                "2",
+                "--start",
+                "--json",
+            )
+        )
+    )
+    key = crypto.load_signing_key(server.key_file).public_key()
+    out = tmp_path / "bundle"
+    result = _json(
+        admin(
+            "models",
+            "export",
+            run.name,
+            "--out",
+            str(out),
+            "--format",
+            "monai-bundle",
+            "--server-key",
+            crypto.fingerprint(key),
+            "--json",
+        )
+    )
+    assert result["run_id"] == run.id and result["version"] == 0
+    meta = json.loads((out / "configs" / "metadata.json").read_text())["fedseg"]
+    assert meta["sites"] == ["export-a", "export-b"] and meta["rounds"] == 2
+    assert meta["privacy"] == {"clip_norm": None}
+    assert meta["server_fingerprint"] == crypto.fingerprint(key)
+    assert (out / "models" / "model.pt").is_file()

@@ -286,3 +286,14 @@ def test_exit_when_done_waits_while_a_run_is_active(server, state) -> None:
     assert agent.run(poll_wait=1, exit_when_done=True, idle_exit_s=3) == 0
     assert server.polls == []  # it waited for the active run, then exited after idling
     assert now[0] >= 7  # idle for idle_exit_s after the last active poll
+
+
+def test_a_stopped_client_reports_stopped_instead_of_its_last_state(server, state) -> None:
+    class InterruptedTrainer(FakeTrainer):
+        def train(self, task: Task, weights: Tensors) -> TrainResult:
+            raise KeyboardInterrupt  # Ctrl-C, or SIGTERM from docker stop
+
+    server.polls = [TaskPoll(task=server.task(), active_runs=1)]
+    with pytest.raises(KeyboardInterrupt):
+        make_agent(server, state, InterruptedTrainer()).run(poll_wait=0, max_tasks=1)
+    assert [r.state for r in server.reports][-2:] == ["training", "stopped"]

@@ -92,6 +92,20 @@ def test_simulate_writes_report_and_plot_and_leaves_no_process(tmp_path):
     assert (workdir / "admin-token").stat().st_mode & 0o077 == 0
     assert not _processes_mentioning(str(workdir))
 
+    # from a finished run to the hospital's own cases: fedseg predict as printed in the docs
+    predicted = subprocess.run(
+        [
+            *fedseg_command(), "predict", "--model", str(workdir / "final-model.tar"),
+            "--server-key", str(workdir / "server-key.pem"), "--out", str(tmp_path / "pred"),
+            "--roi", "16", "--json", str(workdir / "sites" / "site-1" / "data"),
+        ],
+        capture_output=True, text=True, timeout=240, env=child_environment({}),
+    )  # fmt: skip
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    summary = json.loads(predicted.stdout)
+    assert summary["model"]["version"] == 2 and len(summary["cases"]) == 4
+    assert all((tmp_path / "pred" / f"{c['case']}.nii.gz").is_file() for c in summary["cases"])
+
 
 def test_ctrl_c_stops_every_process(tmp_path):
     workdir = tmp_path / "interrupted"
