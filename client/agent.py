@@ -17,6 +17,7 @@ import base64
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -142,6 +143,14 @@ def clip_update(change: Tensors, clip_norm: float) -> tuple[Tensors, float]:
     }, norm
 
 
+def _finite(metrics: Mapping[str, float]) -> dict[str, float]:
+    """The finite metrics only: the server refuses NaN and Inf (a diverged loss, say)."""
+    kept = {name: value for name, value in metrics.items() if math.isfinite(value)}
+    if len(kept) != len(metrics):
+        log.warning("left out non-finite metrics: %s", sorted(set(metrics) - set(kept)))
+    return kept
+
+
 @dataclass(frozen=True, slots=True)
 class AgentKeys:
     """The keys the agent works with: its own signing key and the pinned server key."""
@@ -254,7 +263,7 @@ class Agent:
             site=self.keys.site,
             base_model_sha256=task.model_sha256,
             num_samples=result.num_samples,
-            metrics={**dice, "train_loss": result.loss, **timings},
+            metrics=_finite({**dice, "train_loss": result.loss, **timings}),
             created_at=datetime.now(UTC),
         )
         round_key = crypto.x25519_public_from_bytes(base64.b64decode(task.round_public_key))

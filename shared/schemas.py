@@ -19,6 +19,19 @@ Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Base64 = Annotated[str, Field(min_length=4, max_length=4096, pattern=r"^[A-Za-z0-9+/]+={0,2}$")]
 RoundNumber = Annotated[int, Field(ge=0, le=100_000)]
+RunId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]*$")]
+Seed = Annotated[int, Field(ge=0, le=2**63 - 1, description="fits a signed 64-bit integer")]
+
+# Metrics are numbers for dashboards: finite (JSON has no NaN, PostgreSQL's JSON refuses it),
+# few, and under short printable names, so a site cannot fill the database through them.
+MAX_METRICS = 64
+MetricName = Annotated[
+    str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")
+]
+MetricValue = Annotated[float, Field(allow_inf_nan=False)]
+Metrics = Annotated[dict[MetricName, MetricValue], Field(max_length=MAX_METRICS)]
+# Free text a site sends: no NUL (PostgreSQL text cannot hold one) and bounded.
+StatusMessage = Annotated[str, Field(max_length=2000, pattern=r"^[^\x00]*$")]
 
 
 class WireModel(BaseModel):
@@ -85,7 +98,7 @@ class TrainingConfig(WireModel):
     weight_decay: float = Field(default=1e-5, ge=0, le=1.0)
     val_fraction: float = Field(default=0.2, gt=0, lt=1)
     max_val_cases: int = Field(default=8, ge=1, le=10_000)
-    seed: int = Field(default=0, ge=0)
+    seed: Seed = 0
 
 
 class PrivacyConfig(WireModel):
@@ -106,7 +119,7 @@ class RunConfig(WireModel):
     aggregator: Literal["fedavg"] = "fedavg"
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
-    seed: int = Field(default=0, ge=0)
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _check_sites(self) -> RunConfig:
@@ -154,9 +167,9 @@ class SiteProgress(WireModel):
 
     site: str
     state: SiteState
-    message: str | None = None
+    message: StatusMessage | None = None
     num_samples: int | None = None
-    metrics: dict[str, float] = Field(default_factory=dict)
+    metrics: Metrics = Field(default_factory=dict)
     updated_at: datetime | None = None
 
 
@@ -268,11 +281,11 @@ class TaskPoll(WireModel):
 class StatusReport(WireModel):
     """A site tells the server where it is in a round (for dashboards, not protocol)."""
 
-    run_id: str
+    run_id: RunId
     round: RoundNumber
     state: SiteState
-    message: str | None = Field(default=None, max_length=2000)
-    metrics: dict[str, float] = Field(default_factory=dict)
+    message: StatusMessage | None = None
+    metrics: Metrics = Field(default_factory=dict)
 
 
 # --- updates -----------------------------------------------------------------------------
@@ -282,13 +295,13 @@ class UpdateHeader(WireModel):
     """The clear-text header of a sealed update, bound to its ciphertext as AEAD data."""
 
     format_version: Literal[1] = 1
-    run_id: str = Field(min_length=1, max_length=64)
+    run_id: RunId
     round: RoundNumber
     site: Name
     base_model_sha256: Sha256Hex
     kind: Literal["delta"] = "delta"
     num_samples: int
-    metrics: dict[str, float] = Field(default_factory=dict)
+    metrics: Metrics = Field(default_factory=dict)
     created_at: datetime
 
 
