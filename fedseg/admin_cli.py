@@ -442,6 +442,9 @@ def load_server_key(spec: str) -> Ed25519PublicKey:
         if isinstance(key, Ed25519PrivateKey):
             return key.public_key()
         if isinstance(key, Ed25519PublicKey):
+            problem = crypto.ed25519_key_problem(crypto.public_bytes(key))
+            if problem is not None:
+                raise InvalidInput(f"the server key is unusable: {problem}")
             return key
         raise InvalidInput("the server key is not an Ed25519 key")
     try:
@@ -451,8 +454,8 @@ def load_server_key(spec: str) -> Ed25519PublicKey:
         raise InvalidInput(f"the server key {what} is neither PEM nor base64") from None
     try:
         return crypto.ed25519_public_from_bytes(decoded)
-    except FedsegError:
-        raise InvalidInput("the server key is not a 32-byte Ed25519 key") from None
+    except FedsegError as exc:
+        raise InvalidInput(f"the server key is not a usable Ed25519 key: {exc.message}") from None
 
 
 def download_model(

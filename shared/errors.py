@@ -16,7 +16,7 @@ Tree (the HTTP status in brackets)::
     │                               stale_round, site_exists, run_state
     ├── PayloadTooLarge [413]       payload_too_large
     ├── IntegrityError [400]        bad_signature, decryption_failed, hash_mismatch,
-    │                               malformed_envelope, truncated
+    │                               malformed_envelope, truncated, weak_key
     ├── TensorError [422]           tensor_mismatch, non_finite, base_model_mismatch,
     │                               bad_num_samples
     ├── BundleError [400]           bundle_invalid, unknown_key
@@ -116,6 +116,7 @@ class IntegrityError(FedsegError):
         "hash_mismatch",
         "malformed_envelope",
         "truncated",
+        "weak_key",  # a small-order or non-canonical public key
     )
 
 

@@ -12,7 +12,7 @@ from server.db.engine import Database
 from server.db.repositories import site_info
 from server.services.auth import ENROLL_PREFIX, SITE_PREFIX, Principal, hash_secret, new_secret, now
 from shared import crypto
-from shared.errors import AuthError, Conflict, FedsegError, InvalidInput, NotFound
+from shared.errors import AuthError, Conflict, InvalidInput, NotFound
 from shared.schemas import EnrollRequest, EnrollResponse, SiteCreate, SiteCreated, SiteInfo
 
 
@@ -71,9 +71,12 @@ class SiteService:
         """Exchange an enrollment token and the site's public key for a site credential."""
         try:
             raw_key = base64.b64decode(request.signing_public_key, validate=True)
-            public_key = crypto.ed25519_public_from_bytes(raw_key)
-        except (binascii.Error, ValueError, FedsegError):
+        except (binascii.Error, ValueError):
             raise InvalidInput("signing_public_key must be a base64 raw Ed25519 key") from None
+        problem = crypto.ed25519_key_problem(raw_key)
+        if problem is not None:
+            raise InvalidInput(f"signing_public_key is not a usable Ed25519 key: {problem}")
+        public_key = crypto.ed25519_public_from_bytes(raw_key)
         credential = new_secret(SITE_PREFIX)
         moment = now()
         async with self._db.transaction() as repo:
