@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from shared.errors import ConfigError
+from shared.errors import ConfigError, InvalidInput
 
 app = typer.Typer(
     help="The coordination server: tracks sites, runs and rounds; aggregates; signs bundles.",
@@ -72,9 +72,12 @@ def create_token(
     data_dir: DataDir,
     role: Annotated[str, typer.Option(help="admin or viewer")] = "viewer",
     label: Annotated[str, typer.Option(help="a name for the audit log")] = "cli",
+    expires_in_days: Annotated[
+        int, typer.Option("--expires-in-days", min=1, max=3650, help="days until it expires")
+    ] = 90,
     json_output: JsonFlag = False,
 ) -> None:
-    """Mint another admin or viewer token (printed once)."""
+    """Mint another admin or viewer token (printed once); it expires, 90 days by default."""
     from server.bootstrap import create_token as mint
     from server.settings import Settings
 
@@ -82,8 +85,10 @@ def create_token(
         _err.print("[red]error:[/red] --role must be admin or viewer")
         raise typer.Exit(2)
     try:
-        token = mint(Settings(data_dir=data_dir), role=role, label=label)
-    except ConfigError as exc:
+        token = mint(
+            Settings(data_dir=data_dir), role=role, label=label, expires_in_days=expires_in_days
+        )
+    except (ConfigError, InvalidInput) as exc:
         _err.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(1) from None
     typer.echo(json.dumps({"token": token, "role": role}) if json_output else token)

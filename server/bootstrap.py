@@ -6,10 +6,12 @@ import asyncio
 from dataclasses import dataclass
 
 from server.db.engine import Database, make_engine, migrate
-from server.services.auth import AuthService
+from server.services.auth import now
+from server.services.tokens import mint_token, token_request
 from server.settings import Settings
 from shared import crypto
 from shared.errors import ConfigError
+from shared.schemas import DEFAULT_TOKEN_DAYS, TokenCreate
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +37,8 @@ def init_data_dir(settings: Settings) -> InitResult:
     key = crypto.generate_signing_key()
     crypto.save_signing_key(key, settings.signing_key_path)
     migrate(settings.database_url)
-    token = asyncio.run(_create_token(settings, role="admin", label="initial-admin"))
+    request = token_request(role="admin", label="initial-admin", expires_in_days=DEFAULT_TOKEN_DAYS)
+    token = asyncio.run(_create_token(settings, request))
     return InitResult(
         admin_token=token,
         server_fingerprint=crypto.fingerprint(key.public_key()),
@@ -45,16 +48,21 @@ def init_data_dir(settings: Settings) -> InitResult:
     )
 
 
-def create_token(settings: Settings, *, role: str, label: str) -> str:
+def create_token(
+    settings: Settings, *, role: str, label: str, expires_in_days: int = DEFAULT_TOKEN_DAYS
+) -> str:
     """Mint another admin or viewer token for an initialised data directory."""
     settings.check()
     migrate(settings.database_url)
-    return asyncio.run(_create_token(settings, role=role, label=label))
+    request = token_request(role=role, label=label, expires_in_days=expires_in_days)
+    return asyncio.run(_create_token(settings, request))
 
 
-async def _create_token(settings: Settings, *, role: str, label: str) -> str:
+async def _create_token(settings: Settings, request: TokenCreate) -> str:
     db = Database(make_engine(settings.database_url))
     try:
-        return await AuthService(db).create_admin_token(role=role, label=label, actor="cli")
+        async with db.transaction() as repo:
+            created = await mint_token(repo, request, actor="cli", moment=now())
+        return created.secret
     finally:
         await db.close()

@@ -9,7 +9,7 @@ Tree (the HTTP status in brackets)::
 
     FedsegError [500]
     ├── InvalidInput [422]          invalid_input, extra_field
-    ├── AuthError [401]             unauthenticated, bad_token, token_revoked
+    ├── AuthError [401]             unauthenticated, bad_token, token_revoked, token_expired
     │   └── Forbidden [403]         forbidden, wrong_site
     ├── NotFound [404]              not_found, unknown_run, unknown_site, unknown_round
     ├── Conflict [409]              conflict, round_not_open, round_closed, update_conflict,
@@ -62,7 +62,12 @@ class AuthError(FedsegError):
 
     default_code = "unauthenticated"
     http_status = 401
-    codes: ClassVar[tuple[str, ...]] = ("unauthenticated", "bad_token", "token_revoked")
+    codes: ClassVar[tuple[str, ...]] = (
+        "unauthenticated",
+        "bad_token",
+        "token_revoked",
+        "token_expired",
+    )
 
 
 class Forbidden(AuthError):

@@ -40,6 +40,9 @@ ROUNDS: Final = f"{PREFIX}/runs/{{run_id}}/rounds"  # GET -> list[RoundInfo]
 ROUND: Final = f"{PREFIX}/runs/{{run_id}}/rounds/{{round}}"  # GET -> RoundInfo
 MODELS: Final = f"{PREFIX}/runs/{{run_id}}/models"  # GET -> list[ModelVersion]
 AUDIT: Final = f"{PREFIX}/audit"  # GET ?limit=&after=&newest= -> list[AuditEvent]
+AUDIT_VERIFY: Final = f"{PREFIX}/audit/verify"  # GET -> AuditVerification
+TOKENS: Final = f"{PREFIX}/tokens"  # admin: GET -> list[TokenInfo]; POST TokenCreate
+TOKEN_REVOKE: Final = f"{PREFIX}/tokens/{{token_id}}/revoke"  # admin: POST -> TokenInfo
 
 PROBLEM_CONTENT_TYPE: Final = "application/problem+json"
 BUNDLE_CONTENT_TYPE: Final = "application/x-tar"

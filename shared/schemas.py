@@ -327,3 +327,51 @@ class AuditEvent(WireModel):
     action: str
     target: str
     detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class AuditVerification(WireModel):
+    """The result of checking the audit hash chain from its first event to its head."""
+
+    ok: bool
+    checked: int = Field(ge=0, description="sealed events whose hashes were recomputed")
+    unsealed: int = Field(ge=0, description="events not yet chained (committed just now)")
+    head_seq: int = Field(ge=0)
+    head_hash: Sha256Hex = Field(description="record it elsewhere to detect a rewritten chain")
+    broken_seq: int | None = Field(default=None, description="the first broken link")
+    broken_id: int | None = None
+    reason: str | None = None
+
+
+# --- admin and viewer tokens -------------------------------------------------------------
+
+TokenRole = Literal["admin", "viewer"]
+TokenStatus = Literal["active", "expired", "revoked"]
+DEFAULT_TOKEN_DAYS = 90
+MAX_TOKEN_DAYS = 3650
+
+
+class TokenCreate(WireModel):
+    """Admin request to mint an admin or viewer token; it expires (90 days by default)."""
+
+    role: TokenRole = "viewer"
+    label: Name
+    expires_in_days: int = Field(default=DEFAULT_TOKEN_DAYS, ge=1, le=MAX_TOKEN_DAYS)
+
+
+class TokenInfo(WireModel):
+    """An admin or viewer token as the admin sees it; never holds the secret."""
+
+    id: int
+    role: TokenRole
+    label: str
+    status: TokenStatus
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None = None
+
+
+class TokenCreated(WireModel):
+    """Answer to `TokenCreate`: the secret is shown only here."""
+
+    token: TokenInfo
+    secret: str

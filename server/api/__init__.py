@@ -13,4 +13,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     admin.sites,
     admin.runs,
     admin.audit,
+    admin.tokens,
 )

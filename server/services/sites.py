@@ -12,7 +12,7 @@ from server.db.engine import Database
 from server.db.repositories import site_info
 from server.services.auth import ENROLL_PREFIX, SITE_PREFIX, Principal, hash_secret, new_secret, now
 from shared import crypto
-from shared.errors import AuthError, Conflict, InvalidInput, NotFound
+from shared.errors import AuthError, Conflict, FedsegError, InvalidInput, NotFound
 from shared.schemas import EnrollRequest, EnrollResponse, SiteCreate, SiteCreated, SiteInfo
 
 
@@ -68,7 +68,33 @@ class SiteService:
             return site_info(site)
 
     async def enroll(self, request: EnrollRequest) -> EnrollResponse:
-        """Exchange an enrollment token and the site's public key for a site credential."""
+        """Exchange an enrollment token and the site's public key for a site credential.
+
+        A failure with a token that names a site is audited (``site.enroll_failed``);
+        unknown tokens are counted with the other refused requests instead, so a
+        flood of guesses cannot flood the log.
+        """
+        try:
+            return await self._enroll(request)
+        except FedsegError as exc:
+            await self._audit_failed_enrollment(request.token, exc)
+            raise
+
+    async def _audit_failed_enrollment(self, token: str, exc: FedsegError) -> None:
+        async with self._db.transaction() as repo:
+            row = await repo.enrollment_token(hash_secret(token))
+            site = None if row is None else await repo.site_by_id(row.site_id)
+            if site is not None:
+                await repo.audit(
+                    actor=f"site:{site.name}",
+                    action="site.enroll_failed",
+                    target=f"site:{site.name}",
+                    now=now(),
+                    code=exc.code,
+                    reason=exc.message[:200],
+                )
+
+    async def _enroll(self, request: EnrollRequest) -> EnrollResponse:
         try:
             raw_key = base64.b64decode(request.signing_public_key, validate=True)
         except (binascii.Error, ValueError):
