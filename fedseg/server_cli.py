@@ -92,3 +92,26 @@ def create_token(
         _err.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(1) from None
     typer.echo(json.dumps({"token": token, "role": role}) if json_output else token)
+
+
+@app.command("rotate-key")
+def rotate_key(data_dir: DataDir, json_output: JsonFlag = False) -> None:
+    """Replace the signing key; the old key signs the new one, so pinned sites follow.
+
+    Restart the server afterwards: it signs with the key it loaded at start.
+    """
+    from server.bootstrap import rotate_key as rotate
+    from server.settings import Settings
+
+    try:
+        result = rotate(Settings(data_dir=data_dir))
+    except ConfigError as exc:
+        _err.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(1) from None
+    if json_output:
+        typer.echo(json.dumps(dataclasses.asdict(result)))
+        return
+    typer.echo(f"retired key:        {result.old_key_id}")
+    typer.echo(f"new key:            {result.new_key_id}")
+    typer.echo(f"server fingerprint: {result.new_fingerprint}")
+    typer.echo("restart the server; sites switch to the new key through the signed statement")

@@ -26,6 +26,7 @@ from server.services.container import Services
 from server.services.events import Notifier
 from server.services.keys import RoundKeys
 from server.services.operations import OperationsService
+from server.services.rotations import KeyRotations, check_rotations, load_rotations
 from server.services.rounds import Coordinator, UploadLimits
 from server.services.runs import RunService
 from server.services.sites import SiteService
@@ -61,6 +62,8 @@ def create_app(settings: Settings) -> FastAPI:
     """Build the app for ``settings``; refuses unsafe settings before anything starts."""
     settings.check()
     signing_key = crypto.load_signing_key(settings.signing_key_path)
+    rotations = load_rotations(settings.rotations_path)
+    check_rotations(rotations, signing_key.public_key())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -93,6 +96,7 @@ def create_app(settings: Settings) -> FastAPI:
             metrics=metrics,
             tokens=TokenService(db),
             audit=audit,
+            rotations=KeyRotations(rotations),
         )
         await db.seal_audit()  # events of a previous process that did not get sealed
         await coordinator.resume()

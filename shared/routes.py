@@ -16,6 +16,9 @@ HEALTHZ: Final = "/healthz"  # GET, no auth: the process answers
 READYZ: Final = "/readyz"  # GET, no auth: database and blob store reachable
 METRICS: Final = "/metrics"  # GET, no auth: Prometheus text format
 
+# public: signed statements, checked against the key a site pinned
+KEY_ROTATIONS: Final = f"{PREFIX}/server/key-rotations"  # GET -> list[SignedKeyRotation]
+
 # site scope
 ENROLL: Final = f"{PREFIX}/enroll"  # POST EnrollRequest -> EnrollResponse (enrollment token)
 TASKS_NEXT: Final = f"{PREFIX}/tasks/next"  # GET ?wait=<s> -> TaskPoll

@@ -375,3 +375,24 @@ class TokenCreated(WireModel):
 
     token: TokenInfo
     secret: str
+
+
+# --- server key rotation -----------------------------------------------------------------
+
+
+class KeyRotation(WireModel):
+    """The statement "the server's signing key ``old_key_id`` is replaced by this key"."""
+
+    format_version: Literal[1] = 1
+    old_key_id: Sha256Hex
+    old_signing_key: Base64 = Field(description="raw 32-byte Ed25519 public key, base64")
+    new_key_id: Sha256Hex
+    new_signing_key: Base64 = Field(description="raw 32-byte Ed25519 public key, base64")
+    rotated_at: datetime
+
+
+class SignedKeyRotation(WireModel):
+    """A `KeyRotation` signed by the old key: the only way a site accepts a new key."""
+
+    rotation: KeyRotation
+    signature: Base64

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from server.api import admin, operations, site
+from server.api import admin, keys, operations, site
 
 ROUTERS: tuple[APIRouter, ...] = (
     operations.router,
@@ -14,4 +14,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     admin.runs,
     admin.audit,
     admin.tokens,
+    keys.router,
 )

@@ -8,6 +8,7 @@ from server.metrics import Metrics
 from server.services.audit import AuditService
 from server.services.auth import AuthService
 from server.services.operations import OperationsService
+from server.services.rotations import KeyRotations
 from server.services.rounds import Coordinator
 from server.services.runs import RunService
 from server.services.sites import SiteService
@@ -28,3 +29,4 @@ class Services:
     metrics: Metrics
     tokens: TokenService
     audit: AuditService
+    rotations: KeyRotations
