@@ -9,8 +9,9 @@ others overtake it (the busy timeout still covers other processes, such as the
 CLI). PostgreSQL is used as is.
 A transaction that appended audit events seals them into the hash chain: on SQLite
 before it commits (it is the only writer anyway), on PostgreSQL right after, in a
-short transaction of its own, so the chain's lock is never held while a
-transaction takes other row locks (no deadlocks); see `Repository.seal_audit`.
+short background transaction of its own, so the chain's lock is never held while
+a transaction takes other row locks (no deadlocks) and no response waits for it;
+see `Repository.seal_audit`.
 Migrations run with a synchronous driver of the same database.
 """
 
@@ -89,6 +90,8 @@ class Database:
         self.engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._writer = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+        self._sealer: asyncio.Task[None] | None = None
+        self._seal_again = False
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Repository]:
@@ -113,7 +116,21 @@ class Database:
                 await repo.seal_audit()
                 repo.audited = False
         if repo.audited:  # PostgreSQL: seal after the commit, without holding its locks
+            self._schedule_seal()
+
+    def _schedule_seal(self) -> None:
+        """Seal in the background, coalescing requests: a response never waits for it."""
+        if self._sealer is not None and not self._sealer.done():
+            self._seal_again = True
+            return
+        self._sealer = asyncio.create_task(self._seal_until_settled())
+
+    async def _seal_until_settled(self) -> None:
+        while True:
+            self._seal_again = False
             await self.seal_audit_quietly()
+            if not self._seal_again:
+                return
 
     async def seal_audit(self) -> int:
         """Chain every audit event committed so far; returns how many were sealed."""
@@ -138,7 +155,9 @@ class Database:
             await connection.execute(text("SELECT 1"))
 
     async def close(self) -> None:
-        """Release every pooled connection."""
+        """Finish sealing the audit chain, then release every pooled connection."""
+        if self._sealer is not None:
+            await self._sealer
         await self.engine.dispose()
 
 
