@@ -135,6 +135,7 @@ async def _some_history(h: Harness) -> None:
     await mint(h, role="viewer", label="v1")
     await h.add_site("site-a")
     await h.add_site("site-b")
+    assert (await verify(h)).ok  # everything sealed (on PostgreSQL sealing runs in the background)
 
 
 async def test_an_intact_chain_verifies(harness: Harness) -> None:
