@@ -8,13 +8,17 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
+from alembic import command
+from alembic.config import Config
 from sqlalchemy import create_engine, text
 
-from server.db.engine import sync_url
+from server.app import create_app
+from server.db.engine import MIGRATIONS_DIR, sync_url
 from shared import crypto, routes
 from shared.schemas import AuditEvent, AuditVerification, TokenCreated, TokenInfo
-from tests.api.conftest import Harness, problem_code
+from tests.api.conftest import Harness, Initialised, problem_code
 
 pytestmark = pytest.mark.anyio
 
@@ -258,3 +262,51 @@ async def test_a_failed_enrollment_is_audited(harness: Harness) -> None:
         },
     )
     assert again.status_code == 200
+
+
+async def test_an_oversized_upload_is_recorded(harness: Harness) -> None:
+    site = await harness.add_site("site-a")
+    other = await harness.add_site("site-b")
+    run_id = await harness.create_run([site, other], rounds=1)
+    too_big = b"\0" * (harness.settings.max_update_bytes + 1)
+    answer = await harness.upload(site, run_id, 1, too_big)
+    assert answer.status_code == 413
+    await harness.app.state.services.audit.flush(everything=True)
+    (event,) = [e for e in await events(harness) if e.action == "request.too_large"]
+    assert event.detail["count"] == 1 and event.detail["code"] == "payload_too_large"
+
+
+async def test_a_database_from_before_the_chain_is_chained_at_start(
+    initialised: Initialised,
+) -> None:
+    """Upgrading: events written before migration 0002 are sealed when the server starts."""
+    settings = initialised.settings
+    engine = create_engine(sync_url(settings.database_url))
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", sync_url(settings.database_url).replace("%", "%%"))
+    with engine.begin() as connection:  # back to the initial schema, as an old server left it
+        connection.execute(text("DELETE FROM audit_events"))
+        connection.execute(text("DELETE FROM audit_chain"))
+    command.downgrade(config, "0001")
+    with engine.begin() as connection:
+        for index in range(3):
+            connection.execute(
+                text(
+                    "INSERT INTO audit_events (at, actor, action, target, detail) "
+                    "VALUES (:at, 'cli', 'legacy.event', :target, '{}')"
+                ),
+                {"at": datetime(2026, 1, 1, 0, 0, index), "target": f"t:{index}"},
+            )
+    engine.dispose()
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://fedseg.test") as client:
+            headers = bearer(initialised.admin_token)
+            result = AuditVerification.model_validate(
+                (await client.get(routes.AUDIT_VERIFY, headers=headers)).json()
+            )
+            assert result.ok and result.checked == 3 and result.unsealed == 0
+            tokens = (await client.get(routes.TOKENS, headers=headers)).json()
+            assert all(token["expires_at"] is not None for token in tokens)
