@@ -15,7 +15,8 @@ from alembic.config import Config
 from sqlalchemy import create_engine, text
 
 from server.app import create_app
-from server.db.engine import MIGRATIONS_DIR, sync_url
+from server.db.engine import MIGRATIONS_DIR, Database, make_engine, sync_url
+from server.services.audit import AuditService
 from shared import crypto, routes
 from shared.schemas import AuditEvent, AuditVerification, TokenCreated, TokenInfo
 from tests.api.conftest import Harness, Initialised, problem_code
@@ -310,3 +311,23 @@ async def test_a_database_from_before_the_chain_is_chained_at_start(
             assert result.ok and result.checked == 3 and result.unsealed == 0
             tokens = (await client.get(routes.TOKENS, headers=headers)).json()
             assert all(token["expires_at"] is not None for token in tokens)
+
+
+async def test_refusals_are_written_once_their_window_ends(harness: Harness) -> None:
+    db = Database(make_engine(harness.settings.database_url))
+    audit = AuditService(db, window=timedelta(milliseconds=300))
+    try:
+        for _ in range(3):
+            audit.note_refusal(source="10.0.0.1", status=401, code="bad_token", path="/a")
+        audit.note_refusal(source="10.0.0.2", status=401, code="bad_token", path="/b")
+        audit.note_refusal(source="10.0.0.1", status=404, code="not_found", path="/c")  # not kept
+        assert await audit.flush() == 0 and audit.pending == 4  # the window is still open
+        await asyncio.sleep(0.35)
+        assert await audit.flush() == 2 and audit.pending == 0
+    finally:
+        await db.close()
+    counts = {
+        e.actor: e.detail["count"] for e in await events(harness) if e.action == "auth.failed"
+    }
+    assert counts == {"address:10.0.0.1": 3, "address:10.0.0.2": 1}
+    assert (await verify(harness)).ok
