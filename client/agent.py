@@ -17,9 +17,10 @@ import base64
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, Protocol
@@ -40,7 +41,9 @@ from shared import crypto, routes
 from shared.bundle import open_bundle
 from shared.errors import AuthError, BundleError, Conflict, FedsegError, Unavailable
 from shared.files import write_atomic
+from shared.rotation import follow_rotations
 from shared.schemas import (
+    SignedKeyRotation,
     SignedTask,
     SiteState,
     StatusReport,
@@ -77,6 +80,10 @@ class Transport(Protocol):
 
     def report(self, status: StatusReport) -> None:
         """Best-effort progress report; never raises."""
+        ...
+
+    def key_rotations(self) -> list[SignedKeyRotation]:
+        """The server's signed key-rotation statements."""
         ...
 
 
@@ -142,6 +149,14 @@ def clip_update(change: Tensors, clip_norm: float) -> tuple[Tensors, float]:
     }, norm
 
 
+def _finite(metrics: Mapping[str, float]) -> dict[str, float]:
+    """The finite metrics only: the server refuses NaN and Inf (a diverged loss, say)."""
+    kept = {name: value for name, value in metrics.items() if math.isfinite(value)}
+    if len(kept) != len(metrics):
+        log.warning("left out non-finite metrics: %s", sorted(set(metrics) - set(kept)))
+    return kept
+
+
 @dataclass(frozen=True, slots=True)
 class AgentKeys:
     """The keys the agent works with: its own signing key and the pinned server key."""
@@ -149,6 +164,7 @@ class AgentKeys:
     site: str
     site_key: Ed25519PrivateKey
     server_key: Ed25519PublicKey
+    retired: Mapping[str, tuple[Ed25519PublicKey, datetime]] = field(default_factory=dict)
 
 
 class Agent:
@@ -198,10 +214,17 @@ class Agent:
         version = task.round - 1
         dest = self.state.bundle_path(task.run_id, version)
         self.transport.download(task.bundle_path, dest)
-        trusted = {crypto.key_id(self.keys.server_key): self.keys.server_key}
+        trusted = {key_id: key for key_id, (key, _) in self.keys.retired.items()}
+        trusted[crypto.key_id(self.keys.server_key)] = self.keys.server_key
         try:
             opened = open_bundle(dest, trusted)
             manifest = opened.manifest
+            retired = self.keys.retired.get(manifest.key_id)
+            if retired is not None and manifest.created_at >= retired[1]:
+                raise BundleError(
+                    "bundle is signed by a retired server key after its retirement",
+                    code="unknown_key",
+                )
             if manifest.weights_sha256 != task.model_sha256:
                 raise BundleError("bundle weights are not the model the task names")
             if (manifest.run_id, manifest.round) != (task.run_id, version):
@@ -215,8 +238,40 @@ class Agent:
             raise
         return opened.tensors
 
+    def follow_key_rotation(self, key_id: str) -> bool:
+        """Pin ``key_id`` if rotations signed from the pinned key lead to it; say so.
+
+        Each step is verified with the key before it (`shared.rotation`); the keys
+        left behind are kept as retired. Returns whether the pin moved; a key no
+        verified rotation leads to is left for the signature check to refuse.
+        """
+        if key_id in self.keys.retired:
+            return False  # a retired key is never trusted again for new work
+        steps = follow_rotations(self.keys.server_key, self.transport.key_rotations())
+        ids = [crypto.key_id(key) for key, _ in steps]
+        if key_id not in ids:
+            log.warning(
+                "a task names server key %s…, which no verified rotation leads to", key_id[:16]
+            )
+            return False
+        pin = self.state.load_pin()
+        for key, signed in steps[: ids.index(key_id) + 1]:
+            pin = pin.rotated(key, retired_at=signed.rotation.rotated_at)
+            log.warning(
+                "server signing key rotated: %s… replaced by %s…, signed by the pinned key; "
+                "pin updated (fingerprint %s)",
+                signed.rotation.old_key_id[:16],
+                signed.rotation.new_key_id[:16],
+                pin.server_fingerprint,
+            )
+        self.state.save_pin(pin)
+        self.keys = replace(self.keys, server_key=pin.public_key(), retired=pin.retired())
+        return True
+
     def run_task(self, signed: SignedTask) -> Outcome:
         """Do one round's work, or re-send the round's sealed update if it exists."""
+        if signed.key_id != crypto.key_id(self.keys.server_key):
+            self.follow_key_rotation(signed.key_id)
         task = verify_task(signed, self.keys.server_key)
         if task.site != self.keys.site:
             raise AuthError(f"task is addressed to {task.site}, not {self.keys.site}")
@@ -254,7 +309,7 @@ class Agent:
             site=self.keys.site,
             base_model_sha256=task.model_sha256,
             num_samples=result.num_samples,
-            metrics={**dice, "train_loss": result.loss, **timings},
+            metrics=_finite({**dice, "train_loss": result.loss, **timings}),
             created_at=datetime.now(UTC),
         )
         round_key = crypto.x25519_public_from_bytes(base64.b64decode(task.round_public_key))

@@ -3,7 +3,8 @@
 Layout (``STATE``)::
 
     keys/site_ed25519.pem          the site's signing key (0600)
-    server.json                    server URL, pinned server key, its id and fingerprint
+    server.json                    server URL, pinned server key, its id and fingerprint,
+                                   and the keys it replaced through verified rotations
     credentials.json               site name and bearer credential (0600)
     bundles/<run>/<version>.tar    downloaded model bundles (``.part`` while incomplete)
     ledger/<run>/<round:04d>/      what left the site in that round:
@@ -23,11 +24,12 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared import crypto
 from shared.errors import ConfigError
@@ -38,8 +40,23 @@ SERVER: Final = Path("server.json")
 CREDENTIALS: Final = Path("credentials.json")
 
 
+class RetiredKey(BaseModel):
+    """A server key the site trusted before a verified rotation; valid only for older work."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key_id: str
+    signing_key: str
+    retired_at: datetime
+
+
 class ServerPin(BaseModel):
-    """The server this site enrolled with, and the key it trusts for bundles and tasks."""
+    """The server this site enrolled with, and the key it trusts for bundles and tasks.
+
+    ``retired_keys`` are keys the server rotated away from (each step verified with
+    the key before it): a bundle they signed before their retirement still opens;
+    anything they sign afterwards is refused.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -48,13 +65,39 @@ class ServerPin(BaseModel):
     server_signing_key: str
     server_key_id: str
     server_fingerprint: str
+    retired_keys: list[RetiredKey] = Field(default_factory=list)
 
     def public_key(self) -> Ed25519PublicKey:
         """The pinned server key, checked against its stored id."""
-        key = crypto.ed25519_public_from_bytes(base64.b64decode(self.server_signing_key))
-        if crypto.key_id(key) != self.server_key_id:
-            raise ConfigError("server.json is inconsistent: the key does not match its id")
-        return key
+        return _checked_key(self.server_signing_key, self.server_key_id)
+
+    def retired(self) -> dict[str, tuple[Ed25519PublicKey, datetime]]:
+        """The retired keys by id, with the time each was retired."""
+        return {
+            old.key_id: (_checked_key(old.signing_key, old.key_id), old.retired_at)
+            for old in self.retired_keys
+        }
+
+    def rotated(self, new_key: Ed25519PublicKey, *, retired_at: datetime) -> ServerPin:
+        """This pin moved to ``new_key`` (already verified), the current key retired."""
+        retired = RetiredKey(
+            key_id=self.server_key_id, signing_key=self.server_signing_key, retired_at=retired_at
+        )
+        return self.model_copy(
+            update={
+                "server_signing_key": base64.b64encode(crypto.public_bytes(new_key)).decode(),
+                "server_key_id": crypto.key_id(new_key),
+                "server_fingerprint": crypto.fingerprint(new_key),
+                "retired_keys": [*self.retired_keys, retired],
+            }
+        )
+
+
+def _checked_key(encoded: str, key_id: str) -> Ed25519PublicKey:
+    key = crypto.ed25519_public_from_bytes(base64.b64decode(encoded))
+    if crypto.key_id(key) != key_id:
+        raise ConfigError("server.json is inconsistent: a key does not match its id")
+    return key
 
 
 class Credentials(BaseModel):
@@ -186,6 +229,10 @@ class StateDir:
         if not isinstance(data, dict):
             raise ConfigError(f"{path} does not hold a JSON object")
         return data
+
+    def save_pin(self, pin: ServerPin) -> None:
+        """Replace the pinned server key (after a verified rotation)."""
+        write_atomic(self.server_path, pin.model_dump_json(indent=2).encode())
 
     def save_enrollment(self, pin: ServerPin, credentials: Credentials) -> None:
         """Store the pin (readable) and the credential (0600)."""

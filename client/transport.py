@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, RootModel, ValidationError
 
 from shared import routes
 from shared.errors import (
@@ -36,6 +36,7 @@ from shared.schemas import (
     EnrollRequest,
     EnrollResponse,
     ServerKey,
+    SignedKeyRotation,
     StatusReport,
     TaskPoll,
     UpdateReceipt,
@@ -44,6 +45,12 @@ from shared.schemas import (
 log = logging.getLogger(__name__)
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+class _Rotations(RootModel[list[SignedKeyRotation]]):
+    """The answer of the key-rotations route."""
+
+
 _BY_STATUS: dict[int, type[FedsegError]] = {
     401: AuthError,
     403: Forbidden,
@@ -201,6 +208,11 @@ class HttpTransport:
             "enroll", "POST", routes.ENROLL, EnrollResponse, json=request.model_dump(mode="json")
         )
         return result
+
+    def key_rotations(self) -> list[SignedKeyRotation]:
+        """The server's signed key-rotation statements (public; verified by the caller)."""
+        result: _Rotations = self._call("key rotations", "GET", routes.KEY_ROTATIONS, _Rotations)
+        return result.root
 
     def poll(self, wait_s: float) -> TaskPoll:
         """Long-poll for the site's next task."""

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel
 from rich.console import RenderableType
 from rich.live import Live
+from rich.markup import escape
 
 from fedseg import admin_views as views
 from fedseg.admin_client import AdminClient, read_token_file
@@ -38,7 +39,14 @@ from fedseg.server_key import load_server_key
 from shared import crypto
 from shared.bundle import open_bundle, read_bundle_files
 from shared.errors import BundleError, IntegrityError, InvalidInput
-from shared.schemas import RunConfig, SiteCreated, TrainingConfig
+from shared.schemas import (
+    DEFAULT_TOKEN_DAYS,
+    MAX_TOKEN_DAYS,
+    RunConfig,
+    SiteCreated,
+    TokenCreate,
+    TrainingConfig,
+)
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 TOKEN_ENV = "FEDSEG_ADMIN_TOKEN"  # noqa: S105 - the variable's name, not a secret
@@ -53,9 +61,17 @@ runs_app = typer.Typer(help="Create, start, stop and follow runs.", no_args_is_h
 models_app = typer.Typer(
     help="List, download and export signed model versions.", no_args_is_help=True
 )
+tokens_app = typer.Typer(
+    help="Mint, list and revoke admin and viewer tokens (they expire).", no_args_is_help=True
+)
+audit_app = typer.Typer(
+    help="Read the audit log (with no command) or check its hash chain (verify)."
+)
 app.add_typer(sites_app, name="sites")
 app.add_typer(runs_app, name="runs")
 app.add_typer(models_app, name="models")
+app.add_typer(tokens_app, name="tokens")
+app.add_typer(audit_app, name="audit")
 
 ServerOpt = Annotated[
     str,
@@ -698,8 +714,9 @@ def models_download(
 # --- audit -------------------------------------------------------------------------------
 
 
-@app.command("audit")
+@audit_app.callback(invoke_without_command=True)
 def audit(
+    ctx: typer.Context,
     limit: Annotated[
         int, typer.Option("--limit", min=1, max=1000, help="Most events to show.")
     ] = 50,
@@ -712,8 +729,100 @@ def audit(
     as_json: JsonOpt = False,
 ) -> None:
     """Read the audit log: who did what, when, to what."""
+    if ctx.invoked_subcommand is not None:
+        return
     with errors_as_messages(), _client(server, token_file) as client:
         events = (
             client.audit_latest(limit) if after is None else client.audit(limit=limit, after=after)
         )
     _show(events, as_json, views.audit_table)
+
+
+@audit_app.command("verify")
+def audit_verify(
+    server: ServerOpt = DEFAULT_SERVER,
+    token_file: TokenFileOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check the audit log's hash chain; exit 1 and name the first broken link if it is."""
+    with errors_as_messages(), _client(server, token_file) as client:
+        result = client.verify_audit()
+    if as_json:
+        print_json(result)
+    elif result.ok:
+        stdout.print(
+            f"[green]Audit chain intact:[/] {result.checked} events, head {result.head_seq} "
+            f"{result.head_hash}"
+            + (f" ({result.unsealed} not yet sealed)" if result.unsealed else "")
+        )
+    else:
+        where = f"event seq {result.broken_seq}" + (
+            f" (id {result.broken_id})" if result.broken_id is not None else ""
+        )
+        stdout.print(
+            f"[red]Audit chain broken[/] at {where}: {result.reason}. "
+            f"{result.checked} events before it verify.",
+            markup=True,
+        )
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+# --- tokens ------------------------------------------------------------------------------
+
+
+@tokens_app.command("create")
+def tokens_create(
+    label: Annotated[str, typer.Argument(help="A name for the token: lower case, digits, . _ -")],
+    role: Annotated[str, typer.Option("--role", help="admin or viewer")] = "viewer",
+    expires_in_days: Annotated[
+        int,
+        typer.Option("--expires-in-days", min=1, max=MAX_TOKEN_DAYS, help="Days until it expires."),
+    ] = DEFAULT_TOKEN_DAYS,
+    server: ServerOpt = DEFAULT_SERVER,
+    token_file: TokenFileOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Mint an admin or viewer token and print it (shown once)."""
+    with errors_as_messages():
+        if role not in ("admin", "viewer"):
+            raise InvalidInput("--role must be admin or viewer")
+        request = TokenCreate.model_validate(
+            {"role": role, "label": label, "expires_in_days": expires_in_days}
+        )
+        with _client(server, token_file) as client:
+            created = client.create_token(request)
+    if as_json:
+        print_json(created)
+        return
+    info = created.token
+    stdout.print(f"Token {info.id} ({info.role}, {escape(info.label)}) created.")
+    stdout.print("Secret (shown once; store it safely):")
+    stdout.print(created.secret, markup=False)
+    stdout.print(f"Expires {info.expires_at.isoformat() if info.expires_at else 'never'}.")
+
+
+@tokens_app.command("list")
+def tokens_list(
+    server: ServerOpt = DEFAULT_SERVER, token_file: TokenFileOpt = None, as_json: JsonOpt = False
+) -> None:
+    """List admin and viewer tokens with their status (never their secrets)."""
+    with errors_as_messages(), _client(server, token_file) as client:
+        tokens = client.list_tokens()
+    _show(tokens, as_json, views.tokens_table)
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(
+    token_id: Annotated[int, typer.Argument(min=1, help="The token's id (see tokens list).")],
+    server: ServerOpt = DEFAULT_SERVER,
+    token_file: TokenFileOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Revoke a token: it is refused from the next request on."""
+    with errors_as_messages(), _client(server, token_file) as client:
+        info = client.revoke_token(token_id)
+    if as_json:
+        print_json(info)
+        return
+    stdout.print(f"Token {info.id} ({info.role}, {escape(info.label)}) is {info.status}.")

@@ -22,6 +22,7 @@ from shared import routes
 from shared.errors import FedsegError, InvalidInput, Unavailable, error_for_code
 from shared.schemas import (
     AuditEvent,
+    AuditVerification,
     ModelVersion,
     RoundInfo,
     RunConfig,
@@ -33,6 +34,9 @@ from shared.schemas import (
     SiteCreated,
     SiteInfo,
     SiteReissue,
+    TokenCreate,
+    TokenCreated,
+    TokenInfo,
 )
 
 M = TypeVar("M", bound=BaseModel)
@@ -277,6 +281,24 @@ class AdminClient:
         """The newest ``limit`` audit events (at most a page), oldest of them first."""
         params = {"limit": min(limit, AUDIT_PAGE), "newest": "true"}
         return self._many(AuditEvent, routes.AUDIT, params=params)[::-1]
+
+    def verify_audit(self) -> AuditVerification:
+        """Have the server recompute the audit hash chain."""
+        return self._one(AuditVerification, "GET", routes.AUDIT_VERIFY)
+
+    # --- tokens ---------------------------------------------------------------------------
+
+    def create_token(self, request: TokenCreate) -> TokenCreated:
+        """Mint an admin or viewer token (its secret is in the answer only)."""
+        return self._one(TokenCreated, "POST", routes.TOKENS, json=request.model_dump(mode="json"))
+
+    def list_tokens(self) -> list[TokenInfo]:
+        """Every admin and viewer token, without secrets."""
+        return self._many(TokenInfo, routes.TOKENS)
+
+    def revoke_token(self, token_id: int) -> TokenInfo:
+        """Revoke a token for good."""
+        return self._one(TokenInfo, "POST", routes.TOKEN_REVOKE.format(token_id=_segment(token_id)))
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -11,7 +11,15 @@ from rich.table import Table
 from rich.text import Text
 
 from fedseg.console import dice, duration, first_line, seconds_between, styled, when
-from shared.schemas import AuditEvent, ModelVersion, RoundInfo, RunInfo, SiteInfo, SiteProgress
+from shared.schemas import (
+    AuditEvent,
+    ModelVersion,
+    RoundInfo,
+    RunInfo,
+    SiteInfo,
+    SiteProgress,
+    TokenInfo,
+)
 
 FINISHED_RUN = frozenset({"completed", "failed", "cancelled"})
 
@@ -196,5 +204,23 @@ def audit_table(events: Sequence[AuditEvent]) -> Table:
             escape(event.action),
             escape(event.target),
             escape(first_line(detail, 80)),
+        )
+    return table
+
+
+def tokens_table(tokens: Sequence[TokenInfo]) -> Table:
+    """Admin and viewer tokens (never their secrets)."""
+    table = Table(title="Tokens", title_justify="left")
+    for column in ("id", "role", "label", "status", "created", "expires", "revoked"):
+        table.add_column(column)
+    for token in tokens:
+        table.add_row(
+            str(token.id),
+            token.role,
+            escape(token.label),
+            styled(token.status),
+            when(token.created_at),
+            when(token.expires_at),
+            when(token.revoked_at),
         )
     return table

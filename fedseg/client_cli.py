@@ -299,7 +299,10 @@ def _run_agent(
     pin = state.load_pin()
     credentials = state.load_credentials()
     keys = AgentKeys(
-        site=credentials.site, site_key=state.load_site_key(), server_key=pin.public_key()
+        site=credentials.site,
+        site_key=state.load_site_key(),
+        server_key=pin.public_key(),
+        retired=pin.retired(),
     )
     url = server_url or pin.server_url
     torch_device = resolve_device(device)

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from shared.errors import ConfigError
+from shared.errors import ConfigError, InvalidInput
 
 app = typer.Typer(
     help="The coordination server: tracks sites, runs and rounds; aggregates; signs bundles.",
@@ -74,9 +74,12 @@ def create_token(
     data_dir: DataDir,
     role: Annotated[str, typer.Option(help="admin or viewer")] = "viewer",
     label: Annotated[str, typer.Option(help="a name for the audit log")] = "cli",
+    expires_in_days: Annotated[
+        int, typer.Option("--expires-in-days", min=1, max=3650, help="days until it expires")
+    ] = 90,
     json_output: JsonFlag = False,
 ) -> None:
-    """Mint another admin or viewer token (printed once)."""
+    """Mint another admin or viewer token (printed once); it expires, 90 days by default."""
     from server.bootstrap import create_token as mint
     from server.settings import Settings
 
@@ -84,8 +87,33 @@ def create_token(
         _err.print("[red]error:[/red] --role must be admin or viewer")
         raise typer.Exit(2)
     try:
-        token = mint(Settings(data_dir=data_dir), role=role, label=label)
-    except ConfigError as exc:
+        token = mint(
+            Settings(data_dir=data_dir), role=role, label=label, expires_in_days=expires_in_days
+        )
+    except (ConfigError, InvalidInput) as exc:
         _err.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(1) from None
     typer.echo(json.dumps({"token": token, "role": role}) if json_output else token)
+
+
+@app.command("rotate-key")
+def rotate_key(data_dir: DataDir, json_output: JsonFlag = False) -> None:
+    """Replace the signing key; the old key signs the new one, so pinned sites follow.
+
+    Restart the server afterwards: it signs with the key it loaded at start.
+    """
+    from server.bootstrap import rotate_key as rotate
+    from server.settings import Settings
+
+    try:
+        result = rotate(Settings(data_dir=data_dir))
+    except ConfigError as exc:
+        _err.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(1) from None
+    if json_output:
+        typer.echo(json.dumps(dataclasses.asdict(result)))
+        return
+    typer.echo(f"retired key:        {result.old_key_id}")
+    typer.echo(f"new key:            {result.new_key_id}")
+    typer.echo(f"server fingerprint: {result.new_fingerprint}")
+    typer.echo("restart the server; sites switch to the new key through the signed statement")

@@ -51,6 +51,9 @@ def _from_pem(text: bytes, what: str) -> Ed25519PublicKey:
         raise InvalidInput(f"{what} is not a readable PEM public key ({exc})") from None
     if not isinstance(key, Ed25519PublicKey):
         raise InvalidInput(f"{what} is not an Ed25519 key")
+    problem = crypto.ed25519_key_problem(crypto.public_bytes(key))
+    if problem is not None:
+        raise InvalidInput(f"{what} is not a usable Ed25519 key: {problem}")
     return key
 
 

@@ -21,20 +21,24 @@ from server import ui
 from server.api import ROUTERS, problems
 from server.db.engine import Database, make_engine, migrate
 from server.metrics import Metrics
+from server.services.audit import AuditService
 from server.services.auth import AuthService
 from server.services.container import Services
 from server.services.events import Notifier
 from server.services.keys import RoundKeys
 from server.services.operations import OperationsService
+from server.services.rotations import KeyRotations, check_rotations, load_rotations
 from server.services.rounds import Coordinator, UploadLimits
 from server.services.runs import RunService
 from server.services.sites import SiteService
 from server.services.tasks import TaskService
+from server.services.tokens import TokenService
 from server.settings import Settings
 from server.storage import FileBlobStore
 from shared import crypto
 
 log = logging.getLogger(__name__)
+AUDIT_FLUSH_S = 5.0
 
 _DESCRIPTION = """\
 Coordination server of fedseg: federated brain-tumour segmentation.
@@ -49,7 +53,8 @@ _TAGS = [
     {"name": "models", "description": "Signed model bundles (member sites, viewers, admins)."},
     {"name": "sites", "description": "Registering and revoking sites (admin; viewers read)."},
     {"name": "runs", "description": "Runs, rounds and model versions (admin; viewers read)."},
-    {"name": "audit", "description": "The append-only audit log (admin and viewer)."},
+    {"name": "audit", "description": "The hash-chained audit log (admin and viewer)."},
+    {"name": "tokens", "description": "Admin and viewer tokens: mint, list, revoke (admin)."},
     {"name": "operations", "description": "Health, readiness and Prometheus metrics."},
     {"name": "dashboard", "description": "Sign-in links for the web dashboard under /ui."},
 ]
@@ -59,6 +64,8 @@ def create_app(settings: Settings) -> FastAPI:
     """Build the app for ``settings``; refuses unsafe settings before anything starts."""
     settings.check()
     signing_key = crypto.load_signing_key(settings.signing_key_path)
+    rotations = load_rotations(settings.rotations_path)
+    check_rotations(rotations, signing_key.public_key())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -67,6 +74,7 @@ def create_app(settings: Settings) -> FastAPI:
         blobs = FileBlobStore(settings.blob_dir)
         metrics = Metrics()
         notifier = Notifier()
+        audit = AuditService(db)
         coordinator = Coordinator(
             db=db,
             blobs=blobs,
@@ -88,15 +96,23 @@ def create_app(settings: Settings) -> FastAPI:
             tasks=TaskService(db, signing_key, notifier, settings.max_wait_s),
             operations=OperationsService(db, blobs),
             metrics=metrics,
+            tokens=TokenService(db),
+            audit=audit,
+            rotations=KeyRotations(rotations),
         )
+        await db.seal_audit()  # events of a previous process that did not get sealed
         await coordinator.resume()
         ticker = asyncio.create_task(_tick_forever(coordinator, settings.tick_s))
+        flusher = asyncio.create_task(_flush_audit_forever(audit, AUDIT_FLUSH_S))
         try:
             yield
         finally:
-            ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
+            for task in (ticker, flusher):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            with contextlib.suppress(Exception):
+                await audit.flush(everything=True)
             await db.close()
 
     app = FastAPI(
@@ -121,6 +137,16 @@ async def _tick_forever(coordinator: Coordinator, every_s: float) -> None:
             await coordinator.tick()
         except Exception:
             log.exception("round ticker failed")
+
+
+async def _flush_audit_forever(audit: AuditService, every_s: float) -> None:
+    """Write the refused requests of every ended window as audit events."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await audit.flush()
+        except Exception:
+            log.exception("writing refused requests to the audit log failed")
 
 
 def app_from_env() -> FastAPI:

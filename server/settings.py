@@ -52,6 +52,11 @@ class Settings(BaseSettings):
         return self.keys_dir / SIGNING_KEY_NAME
 
     @property
+    def rotations_path(self) -> Path:
+        """Signed statements of every rotation of the signing key (public, served as is)."""
+        return self.keys_dir / "rotations.json"
+
+    @property
     def round_keys_dir(self) -> Path:
         """One X25519 key file per open round; deleted when the round ends."""
         return self.keys_dir / "rounds"

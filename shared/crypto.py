@@ -14,6 +14,7 @@ each chunk ``ciphertext || tag(16)`` of at most ``CHUNK_SIZE + 16`` bytes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import secrets
@@ -84,17 +85,102 @@ def public_bytes(key: Ed25519PublicKey | X25519PublicKey) -> bytes:
 
 
 def ed25519_public_from_bytes(raw: bytes) -> Ed25519PublicKey:
-    """Parse a raw Ed25519 public key; raise `IntegrityError` when malformed."""
+    """Parse a raw Ed25519 public key; raise `IntegrityError` when malformed or weak.
+
+    Weak is `ed25519_key_problem`'s: a small-order or non-canonical point.
+    """
     if len(raw) != PUBLIC_KEY_SIZE:
         raise IntegrityError("an Ed25519 public key is 32 bytes", code="malformed_envelope")
+    problem = ed25519_key_problem(raw)
+    if problem is not None:
+        raise IntegrityError(f"unusable Ed25519 public key: {problem}", code="weak_key")
     return Ed25519PublicKey.from_public_bytes(raw)
 
 
 def x25519_public_from_bytes(raw: bytes) -> X25519PublicKey:
-    """Parse a raw X25519 public key; raise `IntegrityError` when malformed."""
+    """Parse a raw X25519 public key; raise `IntegrityError` when malformed or low-order."""
     if len(raw) != PUBLIC_KEY_SIZE:
         raise IntegrityError("an X25519 public key is 32 bytes", code="malformed_envelope")
-    return X25519PublicKey.from_public_bytes(raw)
+    key = X25519PublicKey.from_public_bytes(raw)
+    if x25519_key_problem(key) is not None:
+        raise IntegrityError("unusable X25519 public key: low order", code="weak_key")
+    return key
+
+
+# --- weak keys -----------------------------------------------------------------------------
+# A small-order Ed25519 key admits a universal forgery (R = identity, S = 0 verifies for
+# every message under the identity key, and OpenSSL accepts it); a low-order X25519 key
+# makes every shared secret zero. Both are refused wherever a key is parsed.
+
+_P: Final = 2**255 - 19
+_D: Final = -121665 * pow(121666, _P - 2, _P) % _P
+_SQRT_M1: Final = pow(2, (_P - 1) // 4, _P)
+
+
+def _ed25519_decode(raw: bytes) -> tuple[int, int] | str:
+    """The affine point ``raw`` encodes (RFC 8032 §5.1.3), or why it encodes none canonically."""
+    value = int.from_bytes(raw, "little")
+    sign, y = value >> 255, value & ((1 << 255) - 1)
+    if y >= _P:
+        return "non-canonical encoding (y >= p)"
+    u, v = (y * y - 1) % _P, (_D * y * y + 1) % _P
+    x2 = u * pow(v, _P - 2, _P) % _P
+    if x2 == 0:
+        return "non-canonical encoding (x = 0 with the sign bit set)" if sign else (0, y)
+    x = pow(x2, (_P + 3) // 8, _P)
+    if (x * x - x2) % _P:
+        x = x * _SQRT_M1 % _P
+    if (x * x - x2) % _P:
+        return "not a point on the curve"
+    return (_P - x if (x & 1) != sign else x), y
+
+
+def _ed25519_add(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
+    """Affine addition on edwards25519 (complete: no special cases)."""
+    (x1, y1), (x2, y2) = a, b
+    t = _D * x1 * x2 * y1 * y2 % _P
+    x3 = (x1 * y2 + y1 * x2) * pow(1 + t, _P - 2, _P) % _P
+    y3 = (y1 * y2 + x1 * x2) * pow(1 - t, _P - 2, _P) % _P
+    return x3, y3
+
+
+def ed25519_key_problem(raw: bytes) -> str | None:
+    """Why ``raw`` (32 bytes) is no safe Ed25519 public key, or None when it is one.
+
+    Refused: encodings off the curve, non-canonical ones (y >= p, or a "negative"
+    x = 0), and the eight points of small order (8·P is the identity), which
+    include the identity itself.
+    """
+    if len(raw) != PUBLIC_KEY_SIZE:
+        return "not 32 bytes"
+    point = _ed25519_decode(raw)
+    if isinstance(point, str):
+        return point
+    for _ in range(3):  # times the cofactor 8
+        point = _ed25519_add(point, point)
+    if point == (0, 1):
+        return "a point of small order"
+    return None
+
+
+def x25519_key_problem(public_key: X25519PublicKey) -> str | None:
+    """Why ``public_key`` is no safe X25519 key, or None when it is one.
+
+    A low-order point (on the curve or its twist) gives the all-zero shared secret
+    with every private key, since X25519 scalars are multiples of the cofactor:
+    `cryptography` then raises, which is the test used here.
+    """
+    try:
+        _x25519_probe().exchange(public_key)
+    except ValueError:
+        return "a point of low order (the shared secret would be zero)"
+    return None
+
+
+@functools.cache
+def _x25519_probe() -> X25519PrivateKey:
+    # any fixed scalar will do: clamping makes it a multiple of 8, which kills low order
+    return X25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
 
 
 def private_key_pem(key: Ed25519PrivateKey | X25519PrivateKey) -> bytes:

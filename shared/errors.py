@@ -9,7 +9,7 @@ Tree (the HTTP status in brackets)::
 
     FedsegError [500]
     ├── InvalidInput [422]          invalid_input, extra_field
-    ├── AuthError [401]             unauthenticated, bad_token, token_revoked
+    ├── AuthError [401]             unauthenticated, bad_token, token_revoked, token_expired
     │   └── Forbidden [403]         forbidden, wrong_site
     ├── NotFound [404]              not_found, unknown_run, unknown_site, unknown_round
     ├── Conflict [409]              conflict, round_not_open, round_closed, update_conflict,
@@ -17,7 +17,7 @@ Tree (the HTTP status in brackets)::
     │                               secagg_threshold, secagg_refused
     ├── PayloadTooLarge [413]       payload_too_large
     ├── IntegrityError [400]        bad_signature, decryption_failed, hash_mismatch,
-    │                               malformed_envelope, truncated
+    │                               malformed_envelope, truncated, weak_key
     ├── TensorError [422]           tensor_mismatch, non_finite, base_model_mismatch,
     │                               bad_num_samples
     ├── BundleError [400]           bundle_invalid, unknown_key
@@ -63,7 +63,12 @@ class AuthError(FedsegError):
 
     default_code = "unauthenticated"
     http_status = 401
-    codes: ClassVar[tuple[str, ...]] = ("unauthenticated", "bad_token", "token_revoked")
+    codes: ClassVar[tuple[str, ...]] = (
+        "unauthenticated",
+        "bad_token",
+        "token_revoked",
+        "token_expired",
+    )
 
 
 class Forbidden(AuthError):
@@ -119,6 +124,7 @@ class IntegrityError(FedsegError):
         "hash_mismatch",
         "malformed_envelope",
         "truncated",
+        "weak_key",  # a small-order or non-canonical public key
     )
 
 

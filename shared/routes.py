@@ -17,6 +17,9 @@ READYZ: Final = "/readyz"  # GET, no auth: database and blob store reachable
 METRICS: Final = "/metrics"  # GET, no auth: Prometheus text format
 SERVER_KEY: Final = f"{PREFIX}/server/key"  # GET, no auth -> ServerKey (public, to pin or verify)
 
+# public: signed statements, checked against the key a site pinned
+KEY_ROTATIONS: Final = f"{PREFIX}/server/key-rotations"  # GET -> list[SignedKeyRotation]
+
 # site scope
 ENROLL: Final = f"{PREFIX}/enroll"  # POST EnrollRequest -> EnrollResponse (enrollment token)
 TASKS_NEXT: Final = f"{PREFIX}/tasks/next"  # GET ?wait=<s> -> TaskPoll
@@ -46,6 +49,9 @@ UI_SIGN_IN_LINKS: Final = f"{PREFIX}/ui/sign-in-links"  # POST -> SignInLink (on
 
 # the dashboard (HTML pages, cookie session; not part of the REST API)
 UI: Final = "/ui/"
+AUDIT_VERIFY: Final = f"{PREFIX}/audit/verify"  # GET -> AuditVerification
+TOKENS: Final = f"{PREFIX}/tokens"  # admin: GET -> list[TokenInfo]; POST TokenCreate
+TOKEN_REVOKE: Final = f"{PREFIX}/tokens/{{token_id}}/revoke"  # admin: POST -> TokenInfo
 
 PROBLEM_CONTENT_TYPE: Final = "application/problem+json"
 BUNDLE_CONTENT_TYPE: Final = "application/x-tar"

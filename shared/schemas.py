@@ -21,6 +21,19 @@ Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Base64 = Annotated[str, Field(min_length=4, max_length=4096, pattern=r"^[A-Za-z0-9+/]+={0,2}$")]
 RoundNumber = Annotated[int, Field(ge=0, le=100_000)]
+RunId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]*$")]
+Seed = Annotated[int, Field(ge=0, le=2**63 - 1, description="fits a signed 64-bit integer")]
+
+# Metrics are numbers for dashboards: finite (JSON has no NaN, PostgreSQL's JSON refuses it),
+# few, and under short printable names, so a site cannot fill the database through them.
+MAX_METRICS = 64
+MetricName = Annotated[
+    str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")
+]
+MetricValue = Annotated[float, Field(allow_inf_nan=False)]
+Metrics = Annotated[dict[MetricName, MetricValue], Field(max_length=MAX_METRICS)]
+# Free text a site sends: no NUL (PostgreSQL text cannot hold one) and bounded.
+StatusMessage = Annotated[str, Field(max_length=2000, pattern=r"^[^\x00]*$")]
 
 
 class WireModel(BaseModel):
@@ -87,7 +100,7 @@ class TrainingConfig(WireModel):
     weight_decay: float = Field(default=1e-5, ge=0, le=1.0)
     val_fraction: float = Field(default=0.2, gt=0, lt=1)
     max_val_cases: int = Field(default=8, ge=1, le=10_000)
-    seed: int = Field(default=0, ge=0)
+    seed: Seed = 0
 
 
 class PrivacyConfig(WireModel):
@@ -109,7 +122,7 @@ class RunConfig(WireModel):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     secure_aggregation: SecureAggregationConfig | None = None
-    seed: int = Field(default=0, ge=0)
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _check_sites(self) -> RunConfig:
@@ -173,9 +186,9 @@ class SiteProgress(WireModel):
 
     site: str
     state: SiteState
-    message: str | None = None
+    message: StatusMessage | None = None
     num_samples: int | None = None
-    metrics: dict[str, float] = Field(default_factory=dict)
+    metrics: Metrics = Field(default_factory=dict)
     updated_at: datetime | None = None
 
 
@@ -302,11 +315,11 @@ class TaskPoll(WireModel):
 class StatusReport(WireModel):
     """A site tells the server where it is in a round (for dashboards, not protocol)."""
 
-    run_id: str
+    run_id: RunId
     round: RoundNumber
     state: SiteState
-    message: str | None = Field(default=None, max_length=2000)
-    metrics: dict[str, float] = Field(default_factory=dict)
+    message: StatusMessage | None = None
+    metrics: Metrics = Field(default_factory=dict)
 
 
 # --- updates -----------------------------------------------------------------------------
@@ -316,13 +329,13 @@ class UpdateHeader(WireModel):
     """The clear-text header of a sealed update, bound to its ciphertext as AEAD data."""
 
     format_version: Literal[1] = 1
-    run_id: str = Field(min_length=1, max_length=64)
+    run_id: RunId
     round: RoundNumber
     site: Name
     base_model_sha256: Sha256Hex
     kind: Literal["delta"] = "delta"
     num_samples: int
-    metrics: dict[str, float] = Field(default_factory=dict)
+    metrics: Metrics = Field(default_factory=dict)
     created_at: datetime
 
 
@@ -357,3 +370,72 @@ class AuditEvent(WireModel):
     action: str
     target: str
     detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class AuditVerification(WireModel):
+    """The result of checking the audit hash chain from its first event to its head."""
+
+    ok: bool
+    checked: int = Field(ge=0, description="sealed events whose hashes were recomputed")
+    unsealed: int = Field(ge=0, description="events not yet chained (committed just now)")
+    head_seq: int = Field(ge=0)
+    head_hash: Sha256Hex = Field(description="record it elsewhere to detect a rewritten chain")
+    broken_seq: int | None = Field(default=None, description="the first broken link")
+    broken_id: int | None = None
+    reason: str | None = None
+
+
+# --- admin and viewer tokens -------------------------------------------------------------
+
+TokenRole = Literal["admin", "viewer"]
+TokenStatus = Literal["active", "expired", "revoked"]
+DEFAULT_TOKEN_DAYS = 90
+MAX_TOKEN_DAYS = 3650
+
+
+class TokenCreate(WireModel):
+    """Admin request to mint an admin or viewer token; it expires (90 days by default)."""
+
+    role: TokenRole = "viewer"
+    label: Name
+    expires_in_days: int = Field(default=DEFAULT_TOKEN_DAYS, ge=1, le=MAX_TOKEN_DAYS)
+
+
+class TokenInfo(WireModel):
+    """An admin or viewer token as the admin sees it; never holds the secret."""
+
+    id: int
+    role: TokenRole
+    label: str
+    status: TokenStatus
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None = None
+
+
+class TokenCreated(WireModel):
+    """Answer to `TokenCreate`: the secret is shown only here."""
+
+    token: TokenInfo
+    secret: str
+
+
+# --- server key rotation -----------------------------------------------------------------
+
+
+class KeyRotation(WireModel):
+    """The statement "the server's signing key ``old_key_id`` is replaced by this key"."""
+
+    format_version: Literal[1] = 1
+    old_key_id: Sha256Hex
+    old_signing_key: Base64 = Field(description="raw 32-byte Ed25519 public key, base64")
+    new_key_id: Sha256Hex
+    new_signing_key: Base64 = Field(description="raw 32-byte Ed25519 public key, base64")
+    rotated_at: datetime
+
+
+class SignedKeyRotation(WireModel):
+    """A `KeyRotation` signed by the old key: the only way a site accepts a new key."""
+
+    rotation: KeyRotation
+    signature: Base64

@@ -103,8 +103,10 @@ def parse_header(header_bytes: bytes) -> UpdateHeader:
     try:
         header = UpdateHeader.model_validate_json(header_bytes)
     except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"]) or "header"
         raise IntegrityError(
-            f"update header is invalid: {exc.errors()[0]['msg']}", code="malformed_envelope"
+            f"update header is invalid: {where}: {error['msg']}", code="malformed_envelope"
         ) from None
     if canonical_json(header) != header_bytes:
         raise IntegrityError("update header is not canonical JSON", code="malformed_envelope")

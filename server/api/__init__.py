@@ -14,4 +14,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     admin.sites,
     admin.runs,
     admin.audit,
+    admin.tokens,
 )

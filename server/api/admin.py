@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Body, Path, Query
 
 from server.api.deps import PrincipalDep, ServicesDep
 from shared import routes
 from shared.schemas import (
     AuditEvent,
+    AuditVerification,
     ModelVersion,
     RoundInfo,
     RunCreate,
@@ -18,11 +19,15 @@ from shared.schemas import (
     SiteCreated,
     SiteInfo,
     SiteReissue,
+    TokenCreate,
+    TokenCreated,
+    TokenInfo,
 )
 
 sites = APIRouter(tags=["sites"])
 runs = APIRouter(tags=["runs"])
 audit = APIRouter(tags=["audit"])
+tokens = APIRouter(tags=["tokens"])
 
 _SITE_EXAMPLES = {
     "hospital": {
@@ -151,3 +156,33 @@ async def read_audit(
 ) -> list[AuditEvent]:
     """Append-only: who did what, when, to what."""
     return await services.operations.audit(principal, limit=limit, after=after, newest=newest)
+
+
+@audit.get(routes.AUDIT_VERIFY, summary="Check the audit log's hash chain")
+async def verify_audit(principal: PrincipalDep, services: ServicesDep) -> AuditVerification:
+    """Recomputes every event's hash; names the first broken link and the head hash."""
+    return await services.audit.verify(principal)
+
+
+@tokens.post(routes.TOKENS, status_code=201, summary="Mint an admin or viewer token (admin)")
+async def create_token(
+    request: TokenCreate, principal: PrincipalDep, services: ServicesDep
+) -> TokenCreated:
+    """The secret is in this answer only; the token expires (90 days by default)."""
+    return await services.tokens.create(request, principal)
+
+
+@tokens.get(routes.TOKENS, summary="List admin and viewer tokens (admin)")
+async def list_tokens(principal: PrincipalDep, services: ServicesDep) -> list[TokenInfo]:
+    """Every token with its role, label, expiry and status; never a secret."""
+    return await services.tokens.list_tokens(principal)
+
+
+@tokens.post(routes.TOKEN_REVOKE, summary="Revoke an admin or viewer token (admin)")
+async def revoke_token(
+    token_id: Annotated[int, Path(ge=1, le=2**31 - 1)],
+    principal: PrincipalDep,
+    services: ServicesDep,
+) -> TokenInfo:
+    """Refused from the next request on; the last usable admin token cannot be revoked."""
+    return await services.tokens.revoke(token_id, principal)

@@ -42,10 +42,19 @@ def problem_response(
     )
 
 
+def note_refusal(request: Request, status: int, code: str) -> None:
+    """Count a 401, 403 or 413 for the audit log (aggregated per source and window)."""
+    services = getattr(request.app.state, "services", None)
+    if services is not None and status in (401, 403, 413):
+        source = request.client.host if request.client else "unknown"
+        services.audit.note_refusal(source=source, status=status, code=code, path=request.url.path)
+
+
 async def _fedseg_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, FedsegError)
     if exc.http_status >= 500:
         log.error("%s %s failed: %s", request.method, request.url.path, exc)
+    note_refusal(request, exc.http_status, exc.code)
     return problem_response(exc.http_status, exc.code, exc.message, instance=request.url.path)
 
 
@@ -64,6 +73,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
     code = _CODES_BY_STATUS.get(status, "internal" if status >= 500 else "invalid_input")
+    note_refusal(request, status, code)
     return problem_response(status, code, str(exc.detail), instance=request.url.path)
 
 

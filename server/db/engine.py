@@ -7,12 +7,18 @@ asyncio lock, in arrival order, before they BEGIN: SQLite's busy handler polls w
 sleeps of up to 100 ms, so a transaction left to it can wait several of them while
 others overtake it (the busy timeout still covers other processes, such as the
 CLI). PostgreSQL is used as is.
+A transaction that appended audit events seals them into the hash chain: on SQLite
+before it commits (it is the only writer anyway), on PostgreSQL right after, in a
+short background transaction of its own, so the chain's lock is never held while
+a transaction takes other row locks (no deadlocks) and no response waits for it;
+see `Repository.seal_audit`.
 Migrations run with a synchronous driver of the same database.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from contextvars import ContextVar
@@ -29,7 +35,9 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from server.db.repositories import Repository
+from server.db.repositories import SEAL_BATCH, Repository
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 BUSY_TIMEOUT_MS = 30_000
@@ -82,6 +90,8 @@ class Database:
         self.engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._writer = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+        self._sealer: asyncio.Task[None] | None = None
+        self._seal_again = False
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Repository]:
@@ -99,7 +109,45 @@ class Database:
                 stack.callback(_IN_TRANSACTION.reset, marker)
             session = await stack.enter_async_context(self._sessions())
             await stack.enter_async_context(session.begin())
-            yield Repository(session)
+            repo = Repository(session)
+            yield repo
+            if repo.audited and self._writer is not None:
+                # SQLite: this transaction is the only writer already; seal before commit
+                await repo.seal_audit()
+                repo.audited = False
+        if repo.audited:  # PostgreSQL: seal after the commit, without holding its locks
+            self._schedule_seal()
+
+    def _schedule_seal(self) -> None:
+        """Seal in the background, coalescing requests: a response never waits for it."""
+        if self._sealer is not None and not self._sealer.done():
+            self._seal_again = True
+            return
+        self._sealer = asyncio.create_task(self._seal_until_settled())
+
+    async def _seal_until_settled(self) -> None:
+        while True:
+            self._seal_again = False
+            await self.seal_audit_quietly()
+            if not self._seal_again:
+                return
+
+    async def seal_audit(self) -> int:
+        """Chain every audit event committed so far; returns how many were sealed."""
+        total = 0
+        while True:
+            async with self.transaction() as repo:
+                sealed = await repo.seal_audit()
+            total += sealed
+            if sealed < SEAL_BATCH:
+                return total
+
+    async def seal_audit_quietly(self) -> None:
+        """`seal_audit` after a commit: a failure leaves the events for the next seal."""
+        try:
+            await self.seal_audit()
+        except Exception:
+            log.exception("sealing the audit chain failed; it is retried on the next append")
 
     async def ping(self) -> None:
         """Raise unless the database answers a trivial query."""
@@ -107,7 +155,9 @@ class Database:
             await connection.execute(text("SELECT 1"))
 
     async def close(self) -> None:
-        """Release every pooled connection."""
+        """Finish sealing the audit chain, then release every pooled connection."""
+        if self._sealer is not None:
+            await self._sealer
         await self.engine.dispose()
 
 

@@ -88,6 +88,7 @@ class AdminTokenRow(Base):
     role: Mapped[str] = mapped_column(String(16))
     label: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime]
+    expires_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
 
 
@@ -176,7 +177,11 @@ class ModelVersionRow(Base):
 
 
 class AuditEventRow(Base):
-    """Append-only audit record: who did what, when, to what."""
+    """Append-only audit record: who did what, when, to what.
+
+    ``seq``, ``prev_hash`` and ``hash`` place it in the hash chain; they stay empty
+    until the row is sealed, just after its transaction commits.
+    """
 
     __tablename__ = "audit_events"
 
@@ -186,3 +191,16 @@ class AuditEventRow(Base):
     action: Mapped[str] = mapped_column(String(64))
     target: Mapped[str] = mapped_column(String(200))
     detail: Mapped[dict[str, Any]]
+    seq: Mapped[int | None] = mapped_column(BigInteger, unique=True)
+    prev_hash: Mapped[str | None] = mapped_column(String(64))
+    hash: Mapped[str | None] = mapped_column(String(64))
+
+
+class AuditChainRow(Base):
+    """The one row (id 1) naming the chain's last sealed event; sealing locks it."""
+
+    __tablename__ = "audit_chain"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))

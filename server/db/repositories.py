@@ -6,8 +6,9 @@ explicitly, so a column rename never leaks onto the wire by accident.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -15,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.db.models import (
     AdminTokenRow,
+    AuditChainRow,
     AuditEventRow,
     EnrollmentTokenRow,
     ModelVersionRow,
@@ -25,7 +27,18 @@ from server.db.models import (
     SiteRow,
     UpdateRow,
 )
-from shared.schemas import AuditEvent, ModelVersion, RunConfig, RunInfo, SiteInfo
+from shared.schemas import (
+    AuditEvent,
+    ModelVersion,
+    RunConfig,
+    RunInfo,
+    SiteInfo,
+    TokenInfo,
+    canonical_json,
+)
+
+GENESIS_HASH = "0" * 64  # the "previous hash" of the first event in the chain
+SEAL_BATCH = 1000
 
 
 class Repository:
@@ -33,6 +46,7 @@ class Repository:
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
+        self.audited = False  # an event was appended: seal the chain after the commit
 
     async def flush(self) -> None:
         """Send pending inserts so generated ids are known."""
@@ -99,13 +113,36 @@ class Repository:
         ).all()
 
     async def add_admin_token(
-        self, *, token_hash: str, role: str, label: str, now: datetime
+        self, *, token_hash: str, role: str, label: str, now: datetime, expires_at: datetime
     ) -> AdminTokenRow:
         """Store an admin or viewer token's hash."""
-        row = AdminTokenRow(token_hash=token_hash, role=role, label=label, created_at=now)
+        row = AdminTokenRow(
+            token_hash=token_hash, role=role, label=label, created_at=now, expires_at=expires_at
+        )
         self.session.add(row)
         await self.session.flush()
         return row
+
+    async def admin_token_by_id(self, token_id: int) -> AdminTokenRow | None:
+        """The admin or viewer token with primary key ``token_id``."""
+        return await self.session.get(AdminTokenRow, token_id)
+
+    async def admin_tokens(self) -> Sequence[AdminTokenRow]:
+        """Every admin and viewer token, oldest first."""
+        return (await self.session.scalars(select(AdminTokenRow).order_by(AdminTokenRow.id))).all()
+
+    async def count_usable_admin_tokens(self, now: datetime) -> int:
+        """Admin-role tokens neither revoked nor expired."""
+        count = await self.session.scalar(
+            select(func.count())
+            .select_from(AdminTokenRow)
+            .where(
+                AdminTokenRow.role == "admin",
+                AdminTokenRow.revoked_at.is_(None),
+                (AdminTokenRow.expires_at.is_(None)) | (AdminTokenRow.expires_at > now),
+            )
+        )
+        return int(count or 0)
 
     async def admin_token(self, token_hash: str) -> AdminTokenRow | None:
         """The admin token with this hash."""
@@ -280,6 +317,58 @@ class Repository:
             AuditEventRow(at=now, actor=actor, action=action, target=target, detail=detail)
         )
         await self.session.flush()
+        self.audited = True
+
+    async def seal_audit(self) -> int:
+        """Chain the unsealed events, oldest first; returns how many were sealed.
+
+        The head row is locked first (``SELECT … FOR UPDATE`` on PostgreSQL; on SQLite
+        the transaction already holds the write lock), so sealers run one at a time
+        and each continues where the last stopped. Events of transactions that commit
+        late are sealed by a later call: the chain's order is ``seq``, not ``id``.
+        """
+        head = await self.session.scalar(
+            select(AuditChainRow).where(AuditChainRow.id == 1).with_for_update()
+        )
+        if head is None:
+            head = AuditChainRow(id=1, seq=0, hash=GENESIS_HASH)
+            self.session.add(head)
+        rows = (
+            await self.session.scalars(
+                select(AuditEventRow)
+                .where(AuditEventRow.hash.is_(None))
+                .order_by(AuditEventRow.id)
+                .limit(SEAL_BATCH)
+            )
+        ).all()
+        for row in rows:
+            row.seq, row.prev_hash = head.seq + 1, head.hash
+            row.hash = audit_digest(row)
+            head.seq, head.hash = row.seq, row.hash
+        await self.session.flush()
+        return len(rows)
+
+    async def audit_head(self) -> AuditChainRow | None:
+        """The chain's head: the last sealed event's ``seq`` and hash."""
+        return await self.session.get(AuditChainRow, 1)
+
+    async def sealed_audit_events(self, *, after_seq: int, limit: int) -> Sequence[AuditEventRow]:
+        """Sealed events with ``seq`` > ``after_seq``, in chain order."""
+        return (
+            await self.session.scalars(
+                select(AuditEventRow)
+                .where(AuditEventRow.seq > after_seq)
+                .order_by(AuditEventRow.seq)
+                .limit(limit)
+            )
+        ).all()
+
+    async def count_unsealed_audit_events(self) -> int:
+        """Events not yet in the chain (their transaction committed after the last seal)."""
+        count = await self.session.scalar(
+            select(func.count()).select_from(AuditEventRow).where(AuditEventRow.hash.is_(None))
+        )
+        return int(count or 0)
 
     async def audit_events(
         self, *, limit: int, after: int, newest: bool = False
@@ -347,3 +436,43 @@ def audit_event_info(row: AuditEventRow) -> AuditEvent:
         target=row.target,
         detail=dict(row.detail),
     )
+
+
+def token_info(row: AdminTokenRow, now: datetime) -> TokenInfo:
+    """An admin or viewer token as the admin sees it: never its secret or hash."""
+    if row.revoked_at is not None:
+        status = "revoked"
+    elif row.expires_at is not None and row.expires_at <= now:
+        status = "expired"
+    else:
+        status = "active"
+    return TokenInfo.model_validate(
+        {
+            "id": row.id,
+            "role": row.role,
+            "label": row.label,
+            "status": status,
+            "created_at": row.created_at,
+            "expires_at": row.expires_at,
+            "revoked_at": row.revoked_at,
+        }
+    )
+
+
+def audit_digest(row: AuditEventRow) -> str:
+    """SHA-256 of the canonical JSON of an event, its place in the chain and the previous hash.
+
+    Every column but ``hash`` itself is covered, so editing any of them, or moving,
+    deleting or inserting an event, breaks the chain from there on.
+    """
+    body = {
+        "seq": row.seq,
+        "prev_hash": row.prev_hash,
+        "id": row.id,
+        "at": row.at.astimezone(UTC).isoformat(),
+        "actor": row.actor,
+        "action": row.action,
+        "target": row.target,
+        "detail": row.detail,
+    }
+    return hashlib.sha256(canonical_json(body)).hexdigest()

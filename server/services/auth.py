@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Final, Literal
 
 from server.db.engine import Database
-from shared.errors import AuthError, Forbidden, InvalidInput
+from shared.errors import AuthError, Forbidden
 
 Role = Literal["admin", "viewer", "site"]
 ADMIN_PREFIX: Final = "fsa_"
@@ -69,7 +69,7 @@ class Principal:
 
 
 class AuthService:
-    """Turns an ``Authorization`` header into a `Principal`, and mints admin tokens."""
+    """Turns an ``Authorization`` header into a `Principal` (tokens are minted in `tokens`)."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -100,21 +100,11 @@ class AuthService:
                     raise AuthError("unknown admin token", code="bad_token")
                 if admin.revoked_at is not None:
                     raise AuthError("this admin token has been revoked", code="token_revoked")
+                if admin.expires_at is not None and admin.expires_at <= now():
+                    raise AuthError(
+                        f"this admin token expired at {admin.expires_at.isoformat()}",
+                        code="token_expired",
+                    )
                 role: Role = "admin" if admin.role == "admin" else "viewer"
                 return Principal(role=role, name=admin.label)
         raise AuthError("not a fedseg token", code="bad_token")
-
-    async def create_admin_token(self, *, role: str, label: str, actor: str) -> str:
-        """Mint an admin or viewer token; returns it (the only time it is visible)."""
-        if role not in ("admin", "viewer"):
-            raise InvalidInput("role must be admin or viewer")
-        token = new_secret(ADMIN_PREFIX)
-        moment = now()
-        async with self._db.transaction() as repo:
-            await repo.add_admin_token(
-                token_hash=hash_secret(token), role=role, label=label, now=moment
-            )
-            await repo.audit(
-                actor=actor, action="token.created", target=f"{role}:{label}", now=moment
-            )
-        return token

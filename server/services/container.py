@@ -5,12 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from server.metrics import Metrics
+from server.services.audit import AuditService
 from server.services.auth import AuthService
 from server.services.operations import OperationsService
+from server.services.rotations import KeyRotations
 from server.services.rounds import Coordinator
 from server.services.runs import RunService
 from server.services.sites import SiteService
 from server.services.tasks import TaskService
+from server.services.tokens import TokenService
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,3 +27,6 @@ class Services:
     tasks: TaskService
     operations: OperationsService
     metrics: Metrics
+    tokens: TokenService
+    audit: AuditService
+    rotations: KeyRotations

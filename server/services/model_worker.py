@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from shared.errors import InvalidInput, Unavailable
 from shared.schemas import RunConfig
 
 INVALID_EXIT = 3
+log = logging.getLogger(__name__)
 
 
 async def build_in_worker(config: RunConfig, out: Path) -> None:
@@ -47,7 +49,9 @@ async def build_in_worker(config: RunConfig, out: Path) -> None:
     if process.returncode == INVALID_EXIT:
         raise InvalidInput(stderr.decode().strip() or "invalid model")
     if process.returncode != 0:
-        raise Unavailable(f"model worker failed: {stderr.decode()[-500:]}")
+        # the child's traceback names files: it goes to the log, never into a response
+        log.error("model worker exited %s: %s", process.returncode, stderr.decode()[-2000:])
+        raise Unavailable("building the initial model failed; see the server log")
 
 
 def _main() -> int:

@@ -146,12 +146,41 @@ class SiteService:
         return site.name
 
     async def enroll(self, request: EnrollRequest) -> EnrollResponse:
-        """Exchange an enrollment token and the site's public key for a site credential."""
+        """Exchange an enrollment token and the site's public key for a site credential.
+
+        A failure with a token that names a site is audited (``site.enroll_failed``);
+        unknown tokens are counted with the other refused requests instead, so a
+        flood of guesses cannot flood the log.
+        """
+        try:
+            return await self._enroll(request)
+        except FedsegError as exc:
+            await self._audit_failed_enrollment(request.token, exc)
+            raise
+
+    async def _audit_failed_enrollment(self, token: str, exc: FedsegError) -> None:
+        async with self._db.transaction() as repo:
+            row = await repo.enrollment_token(hash_secret(token))
+            site = None if row is None else await repo.site_by_id(row.site_id)
+            if site is not None:
+                await repo.audit(
+                    actor=f"site:{site.name}",
+                    action="site.enroll_failed",
+                    target=f"site:{site.name}",
+                    now=now(),
+                    code=exc.code,
+                    reason=exc.message[:200],
+                )
+
+    async def _enroll(self, request: EnrollRequest) -> EnrollResponse:
         try:
             raw_key = base64.b64decode(request.signing_public_key, validate=True)
-            public_key = crypto.ed25519_public_from_bytes(raw_key)
-        except (binascii.Error, ValueError, FedsegError):
+        except (binascii.Error, ValueError):
             raise InvalidInput("signing_public_key must be a base64 raw Ed25519 key") from None
+        problem = crypto.ed25519_key_problem(raw_key)
+        if problem is not None:
+            raise InvalidInput(f"signing_public_key is not a usable Ed25519 key: {problem}")
+        public_key = crypto.ed25519_public_from_bytes(raw_key)
         credential = new_secret(SITE_PREFIX)
         moment = now()
         token_hash = hash_secret(request.token)

@@ -272,7 +272,7 @@ class Harness:
         rows: dict[str, Any] = {}
         with self._engine.connect() as connection:
             for table in sorted(inspect(connection).get_table_names()):
-                if table in ("audit_events", "alembic_version"):
+                if table in ("audit_events", "audit_chain", "alembic_version"):
                     continue
                 result = connection.execute(text(f"SELECT * FROM {table}"))
                 columns = list(result.keys())

@@ -166,12 +166,12 @@ async def test_round_not_open_and_unknown_round(opened: OpenRound) -> None:
 async def test_round_closed_late_update(harness: Harness) -> None:
     a = await harness.add_site("site-a")
     b = await harness.add_site("site-b")
-    run_id = await harness.create_run([a, b], rounds=2, min_sites=1, round_timeout_s=0.5)
+    run_id = await harness.create_run([a, b], rounds=2, min_sites=1, round_timeout_s=2.0)
     task_a, task_b = await harness.task(a), await harness.task(b)
     assert task_a is not None and task_b is not None
     base = await harness.model(run_id, 0)
     assert (await harness.upload(a, run_id, 1, harness.seal(a, task_a, base))).status_code == 200
-    for _ in range(100):  # the ticker closes round 1 at its deadline with 1 of 2 (quorum 1)
+    for _ in range(300):  # the ticker closes round 1 at its deadline with 1 of 2 (quorum 1)
         await asyncio.sleep(0.05)
         info = await harness.client.get(
             routes.ROUND.format(run_id=run_id, round=1), headers=harness.admin
@@ -186,12 +186,12 @@ async def test_round_closed_late_update(harness: Harness) -> None:
 async def test_round_failed_without_quorum(harness: Harness) -> None:
     a = await harness.add_site("site-a")
     b = await harness.add_site("site-b")
-    run_id = await harness.create_run([a, b], rounds=2, round_timeout_s=0.3)
+    run_id = await harness.create_run([a, b], rounds=2, round_timeout_s=2.0)
     task_a = await harness.task(a)
     assert task_a is not None
     base = await harness.model(run_id, 0)
     assert (await harness.upload(a, run_id, 1, harness.seal(a, task_a, base))).status_code == 200
-    for _ in range(100):
+    for _ in range(300):
         await asyncio.sleep(0.05)
         run = await harness.client.get(routes.RUN.format(run_id=run_id), headers=harness.admin)
         if run.json()["status"] == "failed":

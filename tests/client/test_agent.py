@@ -18,6 +18,7 @@ from shared.bundle import bundle_tar, make_bundle
 from shared.errors import BundleError, Conflict, IntegrityError
 from shared.schemas import (
     PrivacyConfig,
+    SignedKeyRotation,
     SignedTask,
     StatusReport,
     Task,
@@ -109,6 +110,9 @@ class FakeServer:
 
     def report(self, status: StatusReport) -> None:
         self.reports.append(status)
+
+    def key_rotations(self) -> list[SignedKeyRotation]:
+        return []  # this server never rotated its key
 
 
 class FakeTrainer:

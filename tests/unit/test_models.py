@@ -74,3 +74,43 @@ def test_unknown_models_and_bad_params_are_refused(name: str, params: dict[str, 
     with pytest.raises(InvalidInput) as info:
         models.build(name, params)
     assert info.value.code == "invalid_input"
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"in_channels": 10**9}, "model_params.in_channels"),
+        ({"out_channels": 10**6}, "model_params.out_channels"),
+        ({"blocks_down": [10**6], "blocks_up": []}, "model_params.blocks_down.0"),
+        ({"blocks_down": [0, 1], "blocks_up": [1]}, "model_params.blocks_down.0"),
+        ({"blocks_down": [1, 1], "blocks_up": [1, 1, 1]}, "model_params"),
+        ({"init_filters": 128, "blocks_down": [1, 2, 2, 4, 4, 4], "blocks_up": [1] * 5}, "model"),
+    ],
+)
+def test_absurd_params_are_refused_before_anything_is_built(
+    params: dict[str, object], field: str
+) -> None:
+    with pytest.raises(InvalidInput) as info:
+        models.resolve_params(SMALL, params)
+    assert field in info.value.message
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"init_filters": 32},
+        {"blocks_down": [1], "blocks_up": []},
+        {"init_filters": 8, "blocks_down": [2, 1, 3], "blocks_up": [2, 1], "in_channels": 2},
+    ],
+)
+def test_parameter_count_is_what_monai_builds(params: dict[str, object]) -> None:
+    resolved = models.resolve_params("segresnet", params)
+    net = models.build("segresnet", params)
+    assert resolved.parameter_count() == models.count_parameters(net)
+
+
+def test_the_parameter_bound_admits_the_brats_network_with_double_filters() -> None:
+    assert models.resolve_params("segresnet", {"init_filters": 32}).parameter_count() < (
+        models.MAX_PARAMETERS
+    )
