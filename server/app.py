@@ -11,13 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from anyio import to_thread
 from fastapi import FastAPI
+from sqlalchemy import make_url
 
-from server.api import ROUTERS, problems
+from server.api import ROUTERS, openapi, problems
+from server.api.gate import AuthGate
+from server.api.limits import BodyLimit, body_limits
+from server.api.throttle import AddressWindow
 from server.db.engine import Database, make_engine, migrate
 from server.metrics import Metrics
 from server.services.auth import AuthService
@@ -34,6 +40,7 @@ from server.storage import FileBlobStore
 from shared import crypto
 
 log = logging.getLogger(__name__)
+PRIVATE_UMASK = 0o077
 
 _DESCRIPTION = """\
 Coordination server of fedseg: federated brain-tumour segmentation.
@@ -60,7 +67,17 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        previous_umask = os.umask(PRIVATE_UMASK)  # database, blobs and keys: owner only
+        try:
+            async with _serving(app) as running:
+                yield running
+        finally:
+            os.umask(previous_umask)
+
+    @asynccontextmanager
+    async def _serving(app: FastAPI) -> AsyncIterator[None]:
         await to_thread.run_sync(migrate, settings.database_url)
+        _restrict_sqlite_files(settings.database_url)
         db = Database(make_engine(settings.database_url))
         blobs = FileBlobStore(settings.blob_dir)
         metrics = Metrics()
@@ -107,7 +124,34 @@ def create_app(settings: Settings) -> FastAPI:
     problems.install(app)
     for router in ROUTERS:
         app.include_router(router)
+    openapi.install(app)
+    # Outermost last: the gate authenticates (or throttles) before the limit counts a byte.
+    app.add_middleware(
+        BodyLimit,
+        limit_for=body_limits(
+            max_body_bytes=settings.max_body_bytes, max_enroll_bytes=settings.max_enroll_bytes
+        ),
+    )
+    app.state.auth_failures = AddressWindow(
+        limit=settings.auth_failure_limit,
+        window_s=settings.auth_failure_window_s,
+        max_addresses=settings.rate_limit_addresses,
+    )
+    app.add_middleware(AuthGate, failures=app.state.auth_failures)
     return app
+
+
+def _restrict_sqlite_files(database_url: str) -> None:
+    """An SQLite file made before the umask (or by an older version) becomes owner-only.
+
+    SQLite gives its -wal and -shm files the database file's mode, so this covers them.
+    """
+    if not database_url.startswith("sqlite"):
+        return
+    path = Path(make_url(database_url).database or "")
+    for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if candidate.is_file():
+            candidate.chmod(0o600)
 
 
 async def _tick_forever(coordinator: Coordinator, every_s: float) -> None:

@@ -15,6 +15,7 @@ Tree (the HTTP status in brackets)::
     ├── Conflict [409]              conflict, round_not_open, round_closed, update_conflict,
     │                               stale_round, site_exists, run_state
     ├── PayloadTooLarge [413]       payload_too_large
+    ├── RateLimited [429]           rate_limited
     ├── IntegrityError [400]        bad_signature, decryption_failed, hash_mismatch,
     │                               malformed_envelope, truncated
     ├── TensorError [422]           tensor_mismatch, non_finite, base_model_mismatch,
@@ -105,6 +106,14 @@ class PayloadTooLarge(FedsegError):
     codes: ClassVar[tuple[str, ...]] = ("payload_too_large",)
 
 
+class RateLimited(FedsegError):
+    """Too many requests (or failed logins) from one address; retry after a while."""
+
+    default_code = "rate_limited"
+    http_status = 429
+    codes: ClassVar[tuple[str, ...]] = ("rate_limited",)
+
+
 class IntegrityError(FedsegError):
     """Bytes failed a signature, hash or authenticated-decryption check."""
 
@@ -171,6 +180,7 @@ ERROR_CLASSES: tuple[type[FedsegError], ...] = (
     NotFound,
     Conflict,
     PayloadTooLarge,
+    RateLimited,
     IntegrityError,
     TensorError,
     BundleError,

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Query
 
-from server.api.deps import PrincipalDep, ServicesDep
+from server.api.deps import PrincipalDep, RoundPath, RunIdPath, ServicesDep, SiteNamePath
 from shared import routes
 from shared.schemas import (
     AuditEvent,
@@ -64,7 +64,9 @@ async def list_sites(principal: PrincipalDep, services: ServicesDep) -> list[Sit
 
 
 @sites.post(routes.SITE_REVOKE, summary="Revoke a site (admin)")
-async def revoke_site(name: str, principal: PrincipalDep, services: ServicesDep) -> SiteInfo:
+async def revoke_site(
+    name: SiteNamePath, principal: PrincipalDep, services: ServicesDep
+) -> SiteInfo:
     """The site's credential stops working at once; this cannot be undone."""
     return await services.sites.revoke(name, principal)
 
@@ -86,26 +88,26 @@ async def list_runs(principal: PrincipalDep, services: ServicesDep) -> list[RunI
 
 
 @runs.get(routes.RUN, summary="Get a run")
-async def get_run(run_id: str, principal: PrincipalDep, services: ServicesDep) -> RunInfo:
+async def get_run(run_id: RunIdPath, principal: PrincipalDep, services: ServicesDep) -> RunInfo:
     """One run with its configuration and current round."""
     return await services.runs.get(run_id, principal)
 
 
 @runs.post(routes.RUN_START, summary="Start a run (admin)")
-async def start_run(run_id: str, principal: PrincipalDep, services: ServicesDep) -> RunInfo:
+async def start_run(run_id: RunIdPath, principal: PrincipalDep, services: ServicesDep) -> RunInfo:
     """Signs model version 0 and opens round 1."""
     return await services.runs.start(run_id, principal)
 
 
 @runs.post(routes.RUN_STOP, summary="Stop a run (admin)")
-async def stop_run(run_id: str, principal: PrincipalDep, services: ServicesDep) -> RunInfo:
+async def stop_run(run_id: RunIdPath, principal: PrincipalDep, services: ServicesDep) -> RunInfo:
     """Cancels the run and its open round."""
     return await services.runs.stop(run_id, principal)
 
 
 @runs.get(routes.ROUNDS, summary="List a run's rounds")
 async def list_rounds(
-    run_id: str, principal: PrincipalDep, services: ServicesDep
+    run_id: RunIdPath, principal: PrincipalDep, services: ServicesDep
 ) -> list[RoundInfo]:
     """Each round with per-site progress."""
     return await services.runs.rounds(run_id, principal)
@@ -113,7 +115,7 @@ async def list_rounds(
 
 @runs.get(routes.ROUND, summary="Get a round with per-site progress")
 async def get_round(
-    run_id: str, round: int, principal: PrincipalDep, services: ServicesDep
+    run_id: RunIdPath, round: RoundPath, principal: PrincipalDep, services: ServicesDep
 ) -> RoundInfo:
     """Status, deadline, and what each member site has done."""
     return await services.runs.round(run_id, round, principal)
@@ -121,7 +123,7 @@ async def get_round(
 
 @runs.get(routes.MODELS, summary="List a run's model versions")
 async def list_models(
-    run_id: str, principal: PrincipalDep, services: ServicesDep
+    run_id: RunIdPath, principal: PrincipalDep, services: ServicesDep
 ) -> list[ModelVersion]:
     """Version v is the consensus after round v; version 0 is the initial model."""
     return await services.runs.models(run_id, principal)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
@@ -22,18 +23,32 @@ _CODES_BY_STATUS = {
     404: "not_found",
     409: "conflict",
     413: "payload_too_large",
+    429: "rate_limited",
     503: "unavailable",
 }
 
 
+_PUBLIC_5XX = {
+    "unavailable": "the server cannot do this right now; try again later",
+    "config_invalid": "the server is misconfigured; its log says how",
+}
+
+
 def problem_response(
-    status: int, code: str, detail: str, *, instance: str | None = None
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    instance: str | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     """A problem+json response; 401s also say which scheme to use."""
     body = Problem(
         title=HTTPStatus(status).phrase, status=status, detail=detail, code=code, instance=instance
     )
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(
         body.model_dump(mode="json", exclude_none=True),
         status_code=status,
@@ -44,9 +59,12 @@ def problem_response(
 
 async def _fedseg_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, FedsegError)
+    detail = exc.message
     if exc.http_status >= 500:
+        # The message may hold a child's stderr, a path or SQL: it goes to the log only.
         log.error("%s %s failed: %s", request.method, request.url.path, exc)
-    return problem_response(exc.http_status, exc.code, exc.message, instance=request.url.path)
+        detail = _PUBLIC_5XX.get(exc.code, "internal server error")
+    return problem_response(exc.http_status, exc.code, detail, instance=request.url.path)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -64,7 +82,22 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
     code = _CODES_BY_STATUS.get(status, "internal" if status >= 500 else "invalid_input")
-    return problem_response(status, code, str(exc.detail), instance=request.url.path)
+    headers = dict(exc.headers or {})
+    if status == 405:
+        headers["Allow"] = ", ".join(_allowed_methods(request))
+    return problem_response(
+        status, code, str(exc.detail), instance=request.url.path, headers=headers
+    )
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route accepts on this path (a path can span several routes)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        pattern = getattr(route, "path_regex", None)
+        if pattern is not None and pattern.match(request.url.path):
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

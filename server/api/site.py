@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
-from server.api.deps import PrincipalDep, ServicesDep
+from server.api.deps import (
+    PrincipalDep,
+    RoundPath,
+    RunIdPath,
+    ServicesDep,
+    VersionPath,
+)
+from server.api.ranges import parse_range
 from server.services.publishing import Bundle
 from shared import routes
 from shared.errors import InvalidInput
@@ -16,7 +22,6 @@ from shared.schemas import EnrollRequest, EnrollResponse, StatusReport, TaskPoll
 router = APIRouter(tags=["site"])
 bundles = APIRouter(tags=["models"])
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _UPLOAD_BODY = {
     "requestBody": {
         "required": True,
@@ -61,7 +66,11 @@ async def report_status(
     },
 )
 async def upload_update(
-    run_id: str, round: int, request: Request, principal: PrincipalDep, services: ServicesDep
+    run_id: RunIdPath,
+    round: RoundPath,
+    request: Request,
+    principal: PrincipalDep,
+    services: ServicesDep,
 ) -> UpdateReceipt:
     """Checked, stored and counted before the receipt; the same bytes get the same receipt."""
     declared = request.headers.get("content-length")
@@ -88,8 +97,8 @@ async def upload_update(
     },
 )
 async def download_bundle(
-    run_id: str,
-    version: int,
+    run_id: RunIdPath,
+    version: VersionPath,
     principal: PrincipalDep,
     services: ServicesDep,
     range_header: Annotated[str | None, Header(alias="range")] = None,
@@ -116,23 +125,16 @@ def _bundle_response(
     if if_none_match is not None and etag in {tag.strip() for tag in if_none_match.split(",")}:
         return Response(status_code=304, headers=headers)
     size = len(bundle.data)
-    if range_header is None or (if_range is not None and if_range.strip() != etag):
+    wanted = None
+    if range_header is not None and (if_range is None or if_range.strip() == etag):
+        wanted = parse_range(range_header, size)
+    if wanted is None:
         return Response(bundle.data, media_type=routes.BUNDLE_CONTENT_TYPE, headers=headers)
-    match = _RANGE.match(range_header.strip())
-    start: int | None = None
-    end = size - 1
-    if match and (match.group(1) or match.group(2)):
-        if match.group(1):
-            start = int(match.group(1))
-            if match.group(2):
-                end = min(int(match.group(2)), size - 1)
-        else:
-            start = max(0, size - int(match.group(2)))
-    if start is None or start > end or start >= size:
+    if wanted == "unsatisfiable":
         return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{size}"})
-    headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    headers["Content-Range"] = f"bytes {wanted.first}-{wanted.last}/{size}"
     return Response(
-        memoryview(bundle.data)[start : end + 1],
+        memoryview(bundle.data)[wanted.first : wanted.last + 1],
         status_code=206,
         media_type=routes.BUNDLE_CONTENT_TYPE,
         headers=headers,
