@@ -77,7 +77,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def _serving(app: FastAPI) -> AsyncIterator[None]:
         await to_thread.run_sync(migrate, settings.database_url)
-        _restrict_sqlite_files(settings.database_url)
+        _restrict_existing(settings)
         db = Database(make_engine(settings.database_url))
         blobs = FileBlobStore(settings.blob_dir)
         metrics = Metrics()
@@ -141,17 +141,19 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-def _restrict_sqlite_files(database_url: str) -> None:
-    """An SQLite file made before the umask (or by an older version) becomes owner-only.
+def _restrict_existing(settings: Settings) -> None:
+    """What ``server init`` (or an older version) made before the umask becomes owner-only.
 
-    SQLite gives its -wal and -shm files the database file's mode, so this covers them.
+    The data, key and blob directories become 0700 and an SQLite database 0600; SQLite
+    gives its -wal and -shm files the database file's mode, so they follow.
     """
-    if not database_url.startswith("sqlite"):
-        return
-    path = Path(make_url(database_url).database or "")
-    for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-        if candidate.is_file():
-            candidate.chmod(0o600)
+    paths = [settings.data_dir, settings.keys_dir, settings.blob_dir]
+    if settings.database_url.startswith("sqlite"):
+        database = Path(make_url(settings.database_url).database or "")
+        paths += [database, Path(f"{database}-wal"), Path(f"{database}-shm")]
+    for path in paths:
+        with contextlib.suppress(OSError):  # missing, or a mount we do not own
+            path.chmod(0o700 if path.is_dir() else 0o600)
 
 
 async def _tick_forever(coordinator: Coordinator, every_s: float) -> None:

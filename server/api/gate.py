@@ -15,6 +15,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server.api.paths import is_known_path
 from server.api.problems import problem_response
 from server.api.throttle import AddressWindow
 from shared import routes
@@ -34,11 +35,7 @@ def needs_credential(scope: Scope) -> bool:
     path: str = scope["path"]
     if not path.startswith(routes.PREFIX + "/") or path == routes.ENROLL:
         return False
-    return any(
-        pattern.match(path)
-        for route in scope["app"].routes
-        if (pattern := getattr(route, "path_regex", None)) is not None
-    )
+    return is_known_path(scope["app"], scope)
 
 
 class AuthGate:

@@ -10,23 +10,16 @@ The upload route streams to disk and checks its own, larger limit
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server.api.paths import route_pattern
 from server.api.problems import problem_response
 from shared import routes
 
 LimitFor = Callable[[str, str], int | None]
-
-
-def route_pattern(template: str) -> re.Pattern[str]:
-    """A regex matching the concrete paths of a route template like ``/runs/{run_id}``."""
-    parts = re.split(r"(\{[^}]+\})", template)
-    body = "".join("[^/]+" if part.startswith("{") else re.escape(part) for part in parts)
-    return re.compile(f"^{body}$")
 
 
 _UPLOAD = route_pattern(routes.UPDATES)

@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from server.api.paths import allowed_methods
 from shared.errors import FedsegError
 from shared.routes import PROBLEM_CONTENT_TYPE
 from shared.schemas import Problem
@@ -84,20 +85,10 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     code = _CODES_BY_STATUS.get(status, "internal" if status >= 500 else "invalid_input")
     headers = dict(exc.headers or {})
     if status == 405:
-        headers["Allow"] = ", ".join(_allowed_methods(request))
+        headers["Allow"] = ", ".join(allowed_methods(request.app, request.scope))
     return problem_response(
         status, code, str(exc.detail), instance=request.url.path, headers=headers
     )
-
-
-def _allowed_methods(request: Request) -> list[str]:
-    """Every method some route accepts on this path (a path can span several routes)."""
-    methods: set[str] = set()
-    for route in request.app.routes:
-        pattern = getattr(route, "path_regex", None)
-        if pattern is not None and pattern.match(request.url.path):
-            methods.update(getattr(route, "methods", None) or ())
-    return sorted(methods)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
