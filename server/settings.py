@@ -60,6 +60,16 @@ class Settings(BaseSettings):
     tls_client_ca: Path | None = Field(
         default=None, description="PEM CA bundle: sites must present a certificate it issued"
     )
+    tls_client_cert_required: bool = Field(
+        default=True,
+        description="with tls_client_ca: refuse connections without a client certificate "
+        "(false: verify one when presented, e.g. to let probes and admins in without)",
+    )
+    trusted_proxies: str = Field(
+        default="",
+        description="comma-separated proxy addresses whose X-Forwarded-For names the client "
+        "(the failure throttle keys on it); empty: the peer address, no header trusted",
+    )
 
     @model_validator(mode="after")
     def _default_database(self) -> Settings:
