@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Query
 
 from server.api.deps import PrincipalDep, RoundPath, RunIdPath, ServicesDep, SiteNamePath
+from server.api.openapi import problems
 from shared import routes
 from shared.schemas import (
     AuditEvent,
@@ -47,7 +48,9 @@ _RUN_EXAMPLES = {
 }
 
 
-@sites.post(routes.SITES, status_code=201, summary="Register a site (admin)")
+@sites.post(
+    routes.SITES, status_code=201, summary="Register a site (admin)", responses=problems(409)
+)
 async def create_site(
     request: Annotated[SiteCreate, Body(openapi_examples=_SITE_EXAMPLES)],
     principal: PrincipalDep,
@@ -63,7 +66,7 @@ async def list_sites(principal: PrincipalDep, services: ServicesDep) -> list[Sit
     return await services.sites.list_sites(principal)
 
 
-@sites.post(routes.SITE_REVOKE, summary="Revoke a site (admin)")
+@sites.post(routes.SITE_REVOKE, summary="Revoke a site (admin)", responses=problems(404))
 async def revoke_site(
     name: SiteNamePath, principal: PrincipalDep, services: ServicesDep
 ) -> SiteInfo:
@@ -71,7 +74,12 @@ async def revoke_site(
     return await services.sites.revoke(name, principal)
 
 
-@runs.post(routes.RUNS, status_code=201, summary="Create a run (admin)")
+@runs.post(
+    routes.RUNS,
+    status_code=201,
+    summary="Create a run (admin)",
+    responses=problems(404, 409),
+)
 async def create_run(
     request: Annotated[RunCreate, Body(openapi_examples=_RUN_EXAMPLES)],
     principal: PrincipalDep,
@@ -87,25 +95,25 @@ async def list_runs(principal: PrincipalDep, services: ServicesDep) -> list[RunI
     return await services.runs.list_runs(principal)
 
 
-@runs.get(routes.RUN, summary="Get a run")
+@runs.get(routes.RUN, summary="Get a run", responses=problems(404))
 async def get_run(run_id: RunIdPath, principal: PrincipalDep, services: ServicesDep) -> RunInfo:
     """One run with its configuration and current round."""
     return await services.runs.get(run_id, principal)
 
 
-@runs.post(routes.RUN_START, summary="Start a run (admin)")
+@runs.post(routes.RUN_START, summary="Start a run (admin)", responses=problems(404, 409, 503))
 async def start_run(run_id: RunIdPath, principal: PrincipalDep, services: ServicesDep) -> RunInfo:
     """Signs model version 0 and opens round 1."""
     return await services.runs.start(run_id, principal)
 
 
-@runs.post(routes.RUN_STOP, summary="Stop a run (admin)")
+@runs.post(routes.RUN_STOP, summary="Stop a run (admin)", responses=problems(404, 409))
 async def stop_run(run_id: RunIdPath, principal: PrincipalDep, services: ServicesDep) -> RunInfo:
     """Cancels the run and its open round."""
     return await services.runs.stop(run_id, principal)
 
 
-@runs.get(routes.ROUNDS, summary="List a run's rounds")
+@runs.get(routes.ROUNDS, summary="List a run's rounds", responses=problems(404))
 async def list_rounds(
     run_id: RunIdPath, principal: PrincipalDep, services: ServicesDep
 ) -> list[RoundInfo]:
@@ -113,7 +121,7 @@ async def list_rounds(
     return await services.runs.rounds(run_id, principal)
 
 
-@runs.get(routes.ROUND, summary="Get a round with per-site progress")
+@runs.get(routes.ROUND, summary="Get a round with per-site progress", responses=problems(404))
 async def get_round(
     run_id: RunIdPath, round: RoundPath, principal: PrincipalDep, services: ServicesDep
 ) -> RoundInfo:
@@ -121,7 +129,7 @@ async def get_round(
     return await services.runs.round(run_id, round, principal)
 
 
-@runs.get(routes.MODELS, summary="List a run's model versions")
+@runs.get(routes.MODELS, summary="List a run's model versions", responses=problems(404))
 async def list_models(
     run_id: RunIdPath, principal: PrincipalDep, services: ServicesDep
 ) -> list[ModelVersion]:

@@ -19,7 +19,7 @@ from shared.schemas import Problem
 
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 _DESCRIPTIONS = {
-    400: "the bytes failed a signature, hash or decryption check",
+    400: "the body is not what the content type says (not UTF-8 JSON, or a bad envelope)",
     401: "no credential, or one the server does not accept",
     403: "the credential may not do this",
     404: "no such run, round, site or model version",
@@ -50,11 +50,11 @@ def _complete(operation: dict[str, Any]) -> None:
     if operation.get("parameters"):
         added.append(422)
     if "requestBody" in operation:
-        added += [413, 422]
+        added += [400, 413, 422]
     for status in added:
         responses.setdefault(str(status), _problem(status))
     for code, response in responses.items():
-        if code[0] in "45":
+        if code[0] in "45" and code != "416":  # a 416 has no body, only Content-Range
             # FastAPI documents its own 422 as application/json HTTPValidationError.
             response["content"] = {PROBLEM_CONTENT_TYPE: {"schema": PROBLEM_REF}}
             response.setdefault("description", _DESCRIPTIONS.get(int(code), "an error"))

@@ -13,6 +13,7 @@ from server.api.deps import (
     ServicesDep,
     VersionPath,
 )
+from server.api.openapi import problems
 from server.api.ranges import parse_range
 from server.services.publishing import Bundle
 from shared import routes
@@ -31,7 +32,9 @@ _UPLOAD_BODY = {
 }
 
 
-@router.post(routes.ENROLL, summary="Enroll a site with its one-time token")
+@router.post(
+    routes.ENROLL, summary="Enroll a site with its one-time token", responses=problems(401, 429)
+)
 async def enroll(request: EnrollRequest, services: ServicesDep) -> EnrollResponse:
     """Registers the site's Ed25519 key; returns its credential and the server key to pin."""
     return await services.sites.enroll(request)
@@ -47,7 +50,12 @@ async def next_task(
     return await services.tasks.next_task(principal, wait)
 
 
-@router.post(routes.STATUS, status_code=204, summary="Report progress in a round")
+@router.post(
+    routes.STATUS,
+    status_code=204,
+    summary="Report progress in a round",
+    responses=problems(404),
+)
 async def report_status(
     report: StatusReport, principal: PrincipalDep, services: ServicesDep
 ) -> Response:
@@ -60,10 +68,7 @@ async def report_status(
     routes.UPDATES,
     summary="Upload a sealed update (idempotent)",
     openapi_extra=_UPLOAD_BODY,
-    responses={
-        409: {"description": "round closed or not open, or a different update already sent"},
-        413: {"description": "the body is larger than the server accepts"},
-    },
+    responses=problems(400, 404, 409, 413, 422),
 )
 async def upload_update(
     run_id: RunIdPath,
@@ -93,7 +98,8 @@ async def upload_update(
         200: {"content": {routes.BUNDLE_CONTENT_TYPE: {}}, "description": "the bundle"},
         206: {"description": "the requested byte range"},
         304: {"description": "not modified (If-None-Match)"},
-        416: {"description": "range not satisfiable"},
+        416: {"description": "range not satisfiable (Content-Range: bytes */size)"},
+        **problems(404, 503),
     },
 )
 async def download_bundle(
