@@ -258,3 +258,51 @@ async def test_everything_the_server_writes_is_owner_only(harness: Harness) -> N
     assert len([p for p in written if p.is_file()]) >= 4  # key, database, bundles, update
     loose = [str(p) for p in written if stat.S_IMODE(p.stat().st_mode) & 0o077]
     assert loose == []
+
+
+# --- defect 9: the OpenAPI document --------------------------------------------------------
+
+
+async def test_openapi_documents_problems_per_route(harness: Harness) -> None:
+    spec = (await harness.client.get("/openapi.json")).json()
+    assert "Problem" in spec["components"]["schemas"]
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            responses = operation["responses"]
+            for status, response in responses.items():
+                if status[0] in "45" and status != "416":
+                    assert list(response["content"]) == [routes.PROBLEM_CONTENT_TYPE], (
+                        path,
+                        status,
+                    )
+                    schema = response["content"][routes.PROBLEM_CONTENT_TYPE]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/Problem"}
+            if operation.get("security"):
+                assert {"401", "403", "429"} <= set(responses), (method, path)
+            if "requestBody" in operation:
+                assert {"413", "422"} <= set(responses), (method, path)
+    assert "404" in spec["paths"][routes.RUN]["get"]["responses"]
+    assert "409" in spec["paths"][routes.SITES]["post"]["responses"]
+    assert {"401", "429"} <= set(spec["paths"][routes.ENROLL]["post"]["responses"])
+
+
+async def test_enrollment_key_is_32_bytes_in_the_schema(harness: Harness) -> None:
+    import base64
+
+    spec = (await harness.client.get("/openapi.json")).json()
+    pattern = spec["components"]["schemas"]["EnrollRequest"]["properties"]["signing_public_key"]
+    regex = re.compile(pattern["pattern"])
+    for size in (16, 31, 32, 33, 64):
+        encoded = base64.b64encode(bytes(range(size))).decode()
+        assert bool(regex.fullmatch(encoded)) == (size == 32), size
+    for last in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/":
+        candidate = "A" * 42 + last + "="
+        if regex.fullmatch(candidate):
+            assert len(base64.b64decode(candidate, validate=True)) == 32
+            assert base64.b64encode(base64.b64decode(candidate)).decode() == candidate
+    short = base64.b64encode(bytes(31)).decode()
+    answer = await harness.client.post(
+        routes.ENROLL, json={"token": "fse_" + "x" * 40, "signing_public_key": short}
+    )
+    assert answer.status_code == 422 and "signing_public_key" in answer.json()["detail"]
