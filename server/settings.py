@@ -129,7 +129,8 @@ class Settings(BaseSettings):
         for path in (self.tls_cert, self.tls_key, self.tls_client_ca):
             if path is not None and not path.is_file():
                 raise ConfigError(f"TLS file {path} does not exist")
-        if self.tls_key is not None and self.tls_key.stat().st_mode & 0o077:
+        # Others only: Kubernetes makes a mounted Secret group-readable for the pod's fsGroup.
+        if self.tls_key is not None and self.tls_key.stat().st_mode & 0o007:
             raise ConfigError(
                 f"TLS key {self.tls_key} is readable by others; run: chmod 600 {self.tls_key}"
             )
