@@ -32,12 +32,14 @@ def init(data_dir: DataDir, json_output: JsonFlag = False) -> None:
     from server.bootstrap import init_data_dir
     from server.settings import Settings
 
-    os.umask(0o077)  # the key, the database and the blob directory: owner only
+    previous_umask = os.umask(0o077)  # the key, the database and the blobs: owner only
     try:
         result = init_data_dir(Settings(data_dir=data_dir))
     except ConfigError as exc:
         _err.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(1) from None
+    finally:
+        os.umask(previous_umask)
     if json_output:
         typer.echo(json.dumps(dataclasses.asdict(result)))
         return
@@ -89,7 +91,6 @@ def serve(
     from server.serving import uvicorn_config
     from server.settings import Settings
 
-    os.umask(PRIVATE_UMASK)
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings(
@@ -105,6 +106,7 @@ def serve(
     except ConfigError as exc:
         _err.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(1) from None
+    os.umask(PRIVATE_UMASK)  # for the process: whatever it writes is the owner's only
     uvicorn.Server(uvicorn_config(application, settings, log_level=log_level)).run()
 
 

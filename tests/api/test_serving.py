@@ -189,6 +189,37 @@ async def test_client_certificates_when_the_server_asks(initialised: Initialised
             await asyncio.to_thread(unreachable)
 
 
+async def test_optional_client_certificates(initialised: Initialised, pki: Pki) -> None:
+    async with served(
+        initialised,
+        tls_cert=pki.server.cert,
+        tls_key=pki.server.key,
+        tls_client_ca=pki.ca.cert,
+        tls_client_cert_required=False,
+    ) as port:
+        url = f"https://127.0.0.1:{port}"
+        assert (await _health(url, tls_context(ca_file=pki.ca.cert))).status_code == 200
+        stranger = _issue(pki.ca.cert.parent, "stranger", issuer=None, ca=False)[0]
+        with pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)):
+            await _health(
+                url,
+                tls_context(ca_file=pki.ca.cert, cert_file=stranger.cert, key_file=stranger.key),
+            )
+
+
+def test_serve_refuses_half_a_tls_configuration(initialised: Initialised, pki: Pki) -> None:
+    from typer.testing import CliRunner
+
+    from fedseg.cli import app
+
+    data_dir = str(initialised.settings.data_dir)
+    result = CliRunner().invoke(
+        app, ["server", "serve", "--data-dir", data_dir, "--tls-cert", str(pki.server.cert)]
+    )
+    assert result.exit_code == 1
+    assert "--tls-key" in result.output
+
+
 def test_tls_settings_refuse_half_configurations(initialised: Initialised, pki: Pki) -> None:
     settings = initialised.settings
     for overrides in (
