@@ -17,7 +17,7 @@ from server.api.openapi import problems
 from server.api.ranges import parse_range
 from server.services.publishing import Bundle
 from shared import routes
-from shared.errors import InvalidInput
+from shared.errors import InvalidInput, PayloadTooLarge
 from shared.schemas import EnrollRequest, EnrollResponse, StatusReport, TaskPoll, UpdateReceipt
 
 router = APIRouter(tags=["site"])
@@ -81,6 +81,8 @@ async def upload_update(
     declared = request.headers.get("content-length")
     if declared is not None and not declared.isdigit():
         raise InvalidInput("Content-Length must be a number")
+    if declared is not None and len(declared.lstrip("0")) > 18:  # never int() of 5000 digits
+        raise PayloadTooLarge("the declared body is larger than the server accepts")
     return await services.coordinator.accept_update(
         principal,
         run_id,

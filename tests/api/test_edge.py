@@ -155,6 +155,16 @@ async def test_path_integers_are_bounded(harness: Harness) -> None:
         assert problem_code(answer) == "invalid_input"
 
 
+async def test_upload_content_length_with_thousands_of_digits(harness: Harness) -> None:
+    site = await harness.add_site("site-a")
+    answer = await harness.client.put(
+        routes.UPDATES.format(run_id="run-00000000", round=1),
+        content=b"x",
+        headers={**site.headers, "Content-Length": "9" * 5000},
+    )
+    assert answer.status_code == 413 and problem_code(answer) == "payload_too_large"
+
+
 async def test_range_headers_never_raise(harness: Harness) -> None:
     site = await harness.add_site("site-a")
     run_id = await harness.create_run([site], rounds=1)
