@@ -71,6 +71,10 @@ async def test_unauthenticated_bad_body_gets_401_unread(initialised: Initialised
         answer = await client.post(routes.SITES, content=body, headers={"Authorization": "x y"})
         assert answer.status_code == 401 and problem_code(answer) == "bad_token"
         assert body.pulled == 0
+        body = CountingBody(8 * 1024 * 1024)
+        upload = routes.UPDATES.format(run_id="run-00000000", round=1)
+        answer = await client.put(upload, content=body)
+        assert answer.status_code == 401 and body.pulled == 0
 
 
 @pytest.mark.parametrize("path", [routes.ENROLL, routes.SITES, routes.RUNS, routes.STATUS])
