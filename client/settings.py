@@ -17,3 +17,6 @@ class ClientSettings(BaseSettings):
     state_dir: Path | None = None
     data_dir: Path | None = None
     enroll_token: SecretStr | None = None
+    ca_file: Path | None = None  # the server's CA, or its own certificate to pin
+    tls_client_cert: Path | None = None  # the site's certificate, when the server asks
+    tls_client_key: Path | None = None

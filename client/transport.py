@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from pydantic import BaseModel, RootModel, ValidationError
 from shared import routes
 from shared.errors import (
     AuthError,
+    ConfigError,
     Conflict,
     FedsegError,
     Forbidden,
@@ -106,6 +108,25 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
+def tls_context(
+    *, ca_file: Path | None, cert_file: Path | None = None, key_file: Path | None = None
+) -> ssl.SSLContext | bool:
+    """How to verify the server: its CA (or its own pinned certificate) from ``ca_file``.
+
+    Without ``ca_file`` the system's trust store is used (``True``). ``cert_file`` and
+    ``key_file`` are the site's client certificate when the server asks for one.
+    """
+    if ca_file is None and cert_file is None:
+        return True
+    try:
+        context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+        if cert_file is not None:
+            context.load_cert_chain(str(cert_file), str(key_file) if key_file else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load TLS files ({ca_file or cert_file}): {exc}") from None
+    return context
+
+
 class HttpTransport:
     """The site's side of the REST API (see `shared.routes`)."""
 
@@ -119,11 +140,15 @@ class HttpTransport:
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
         timeout_s: float = 60.0,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         headers = {"Authorization": f"Bearer {credential}"} if credential else {}
         self.base_url = base_url.rstrip("/")
         self.client = client or httpx.Client(
-            base_url=self.base_url, headers=headers, timeout=httpx.Timeout(timeout_s)
+            base_url=self.base_url,
+            headers=headers,
+            timeout=httpx.Timeout(timeout_s),
+            verify=verify,
         )
         if client is not None:
             self.client.headers.update(headers)

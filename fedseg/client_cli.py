@@ -66,6 +66,34 @@ def _require(value: Any, flag: str, env: str) -> Any:
     return value
 
 
+CaFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--ca-file", help="PEM: the server's CA, or its own certificate to pin (FEDSEG_CA_FILE)."
+    ),
+]
+ClientCert = Annotated[
+    Path | None,
+    typer.Option(
+        "--tls-client-cert", help="PEM: this site's TLS certificate, if the server asks for one."
+    ),
+]
+ClientKey = Annotated[
+    Path | None, typer.Option("--tls-client-key", help="PEM: the key of --tls-client-cert.")
+]
+
+
+def _verify(settings: Any, ca_file: Path | None, cert: Path | None, key: Path | None) -> Any:
+    """The httpx ``verify`` for the flags, else FEDSEG_CA_FILE / FEDSEG_TLS_CLIENT_*."""
+    from client.transport import tls_context
+
+    return tls_context(
+        ca_file=ca_file or settings.ca_file,
+        cert_file=cert or settings.tls_client_cert,
+        key_file=key or settings.tls_client_key,
+    )
+
+
 def _cpu_threads() -> int | None:
     value = os.environ.get("OMP_NUM_THREADS", "")
     return int(value) if value.isdigit() and int(value) > 0 else None
@@ -106,6 +134,9 @@ def enroll(
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    ca_file: CaFile = None,
+    tls_client_cert: ClientCert = None,
+    tls_client_key: ClientKey = None,
 ) -> None:
     """Make the site's key, enroll with the server, pin its key, store the credential.
 
@@ -139,13 +170,14 @@ def enroll(
     except FedsegError as exc:
         _fail(exc.message, exit_code=EXIT_STATE_DIR)
     try:
+        verify = _verify(settings, ca_file, tls_client_cert, tls_client_key)
         if state.site_key_path.is_file():
             site_key = state.load_site_key()
         else:
             site_key = crypto.generate_signing_key()
             crypto.save_signing_key(site_key, state.site_key_path)
         public = base64.b64encode(crypto.public_bytes(site_key.public_key())).decode()
-        with HttpTransport(server_url, retry=RetryPolicy(attempts=4)) as transport:
+        with HttpTransport(server_url, retry=RetryPolicy(attempts=4), verify=verify) as transport:
             published = transport.server_key()
             server_key = crypto.ed25519_public_from_bytes(base64.b64decode(published.public_key))
             if crypto.key_id(server_key) != published.key_id:
@@ -229,6 +261,9 @@ def run(
         float, typer.Option("--poll-wait", min=0, max=300, help="Long-poll seconds.")
     ] = 20.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
+    ca_file: CaFile = None,
+    tls_client_cert: ClientCert = None,
+    tls_client_key: ClientKey = None,
 ) -> None:
     """Run the agent: poll for tasks, train on the local data, upload sealed updates.
 
@@ -260,6 +295,7 @@ def run(
             exit_when_done=exit_when_done,
             idle_exit_s=idle_exit_s,
             poll_wait=poll_wait,
+            verify=_verify(settings, ca_file, tls_client_cert, tls_client_key),
         )
     except FedsegError as exc:
         _fail(f"{exc.message} [{exc.code}]")
@@ -287,6 +323,7 @@ def _run_agent(
     exit_when_done: bool,
     idle_exit_s: float,
     poll_wait: float,
+    verify: Any = True,
 ) -> int:
     from client.agent import Agent, AgentKeys, LocalTrainer
     from client.data import valid_cases
@@ -318,8 +355,10 @@ def _run_agent(
         report.layout,
         f", {skipped} skipped (see fedseg client check-data)" if skipped else "",
     )
-    with HttpTransport(url, credentials.credential) as transport:
-        probe = HttpTransport(url, retry=RetryPolicy(attempts=4, base_s=0.5, cap_s=4.0))
+    with HttpTransport(url, credentials.credential, verify=verify) as transport:
+        probe = HttpTransport(
+            url, retry=RetryPolicy(attempts=4, base_s=0.5, cap_s=4.0), verify=verify
+        )
         try:
             probe.health()
         except Unavailable as exc:

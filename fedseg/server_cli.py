@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -31,11 +32,14 @@ def init(data_dir: DataDir, json_output: JsonFlag = False) -> None:
     from server.bootstrap import init_data_dir
     from server.settings import Settings
 
+    previous_umask = os.umask(0o077)  # the key, the database and the blobs: owner only
     try:
         result = init_data_dir(Settings(data_dir=data_dir))
     except ConfigError as exc:
         _err.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(1) from None
+    finally:
+        os.umask(previous_umask)
     if json_output:
         typer.echo(json.dumps(dataclasses.asdict(result)))
         return
@@ -53,20 +57,59 @@ def serve(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="FEDSEG_PORT", help="TCP port to listen on.")] = 8000,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(envvar="FEDSEG_TLS_CERT", help="PEM certificate (chain): serve HTTPS"),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(envvar="FEDSEG_TLS_KEY", help="PEM private key of --tls-cert (mode 0600)"),
+    ] = None,
+    tls_client_ca: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="FEDSEG_TLS_CLIENT_CA",
+            help="PEM CA: clients must present a certificate it issued (mutual TLS)",
+        ),
+    ] = None,
+    tls_client_cert_optional: Annotated[
+        bool,
+        typer.Option(
+            "--tls-client-cert-optional",
+            envvar="FEDSEG_TLS_CLIENT_CERT_OPTIONAL",
+            help="with --tls-client-ca: verify a client certificate only when one is sent",
+        ),
+    ] = False,
 ) -> None:
-    """Run the API with uvicorn until interrupted."""
+    """Run the API with uvicorn until interrupted (HTTPS with --tls-cert and --tls-key).
+
+    Limits come from FEDSEG_* settings: FEDSEG_HEADER_TIMEOUT_S, FEDSEG_KEEP_ALIVE_S,
+    FEDSEG_MAX_HEADER_BYTES, FEDSEG_MAX_CONCURRENCY, FEDSEG_MAX_BODY_BYTES,
+    FEDSEG_AUTH_FAILURE_LIMIT, FEDSEG_TRUSTED_PROXIES (see server/settings.py).
+    """
     import uvicorn
 
-    from server.app import create_app
+    from server.app import PRIVATE_UMASK, create_app
+    from server.serving import uvicorn_config
     from server.settings import Settings
 
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
-        application = create_app(Settings(data_dir=data_dir, host=host, port=port))
+        settings = Settings(
+            data_dir=data_dir,
+            host=host,
+            port=port,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_client_ca=tls_client_ca,
+            tls_client_cert_required=not tls_client_cert_optional,
+        )
+        application = create_app(settings)
     except ConfigError as exc:
         _err.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(1) from None
-    uvicorn.run(application, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    os.umask(PRIVATE_UMASK)  # for the process: whatever it writes is the owner's only
+    uvicorn.Server(uvicorn_config(application, settings, log_level=log_level)).run()
 
 
 @app.command("create-token")

@@ -11,14 +11,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from anyio import to_thread
 from fastapi import FastAPI
+from sqlalchemy import make_url
 
 from server import ui
-from server.api import ROUTERS, problems
+from server.api import ROUTERS, openapi, problems
+from server.api.gate import AuthGate
+from server.api.limits import BodyLimit, body_limits
+from server.api.throttle import AddressWindow
 from server.db.engine import Database, make_engine, migrate
 from server.metrics import Metrics
 from server.services.audit import AuditService
@@ -39,6 +45,7 @@ from shared import crypto
 
 log = logging.getLogger(__name__)
 AUDIT_FLUSH_S = 5.0
+PRIVATE_UMASK = 0o077
 
 _DESCRIPTION = """\
 Coordination server of fedseg: federated brain-tumour segmentation.
@@ -69,7 +76,17 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        previous_umask = os.umask(PRIVATE_UMASK)  # database, blobs and keys: owner only
+        try:
+            async with _serving(app) as running:
+                yield running
+        finally:
+            os.umask(previous_umask)
+
+    @asynccontextmanager
+    async def _serving(app: FastAPI) -> AsyncIterator[None]:
         await to_thread.run_sync(migrate, settings.database_url)
+        _restrict_existing(settings)
         db = Database(make_engine(settings.database_url))
         blobs = FileBlobStore(settings.blob_dir)
         metrics = Metrics()
@@ -126,7 +143,36 @@ def create_app(settings: Settings) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     ui.install(app)
+    openapi.install(app)
+    # Outermost last: the gate authenticates (or throttles) before the limit counts a byte.
+    app.add_middleware(
+        BodyLimit,
+        limit_for=body_limits(
+            max_body_bytes=settings.max_body_bytes, max_enroll_bytes=settings.max_enroll_bytes
+        ),
+    )
+    app.state.auth_failures = AddressWindow(
+        limit=settings.auth_failure_limit,
+        window_s=settings.auth_failure_window_s,
+        max_addresses=settings.rate_limit_addresses,
+    )
+    app.add_middleware(AuthGate, failures=app.state.auth_failures)
     return app
+
+
+def _restrict_existing(settings: Settings) -> None:
+    """What ``server init`` (or an older version) made before the umask becomes owner-only.
+
+    The data, key and blob directories become 0700 and an SQLite database 0600; SQLite
+    gives its -wal and -shm files the database file's mode, so they follow.
+    """
+    paths = [settings.data_dir, settings.keys_dir, settings.blob_dir]
+    if settings.database_url.startswith("sqlite"):
+        database = Path(make_url(settings.database_url).database or "")
+        paths += [database, Path(f"{database}-wal"), Path(f"{database}-shm")]
+    for path in paths:
+        with contextlib.suppress(OSError):  # missing, or a mount we do not own
+            path.chmod(0o700 if path.is_dir() else 0o600)
 
 
 async def _tick_forever(coordinator: Coordinator, every_s: float) -> None:

@@ -16,6 +16,7 @@ Tree (the HTTP status in brackets)::
     │                               stale_round, site_exists, run_state,
     │                               secagg_threshold, secagg_refused
     ├── PayloadTooLarge [413]       payload_too_large
+    ├── RateLimited [429]           rate_limited
     ├── IntegrityError [400]        bad_signature, decryption_failed, hash_mismatch,
     │                               malformed_envelope, truncated, weak_key
     ├── TensorError [422]           tensor_mismatch, non_finite, base_model_mismatch,
@@ -113,6 +114,14 @@ class PayloadTooLarge(FedsegError):
     codes: ClassVar[tuple[str, ...]] = ("payload_too_large",)
 
 
+class RateLimited(FedsegError):
+    """Too many requests (or failed logins) from one address; retry after a while."""
+
+    default_code = "rate_limited"
+    http_status = 429
+    codes: ClassVar[tuple[str, ...]] = ("rate_limited",)
+
+
 class IntegrityError(FedsegError):
     """Bytes failed a signature, hash or authenticated-decryption check."""
 
@@ -180,6 +189,7 @@ ERROR_CLASSES: tuple[type[FedsegError], ...] = (
     NotFound,
     Conflict,
     PayloadTooLarge,
+    RateLimited,
     IntegrityError,
     TensorError,
     BundleError,

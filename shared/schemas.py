@@ -34,6 +34,14 @@ MetricValue = Annotated[float, Field(allow_inf_nan=False)]
 Metrics = Annotated[dict[MetricName, MetricValue], Field(max_length=MAX_METRICS)]
 # Free text a site sends: no NUL (PostgreSQL text cannot hold one) and bounded.
 StatusMessage = Annotated[str, Field(max_length=2000, pattern=r"^[^\x00]*$")]
+# Base64 of exactly 32 bytes: 43 symbols (the last one carrying 2 bits) and one "=".
+Key32 = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$",
+        description="base64 of a 32-byte raw public key",
+    ),
+]
 
 
 class WireModel(BaseModel):
@@ -115,8 +123,12 @@ class RunConfig(WireModel):
     model: str = Field(default="segresnet-small", min_length=1, max_length=64)
     model_params: dict[str, Any] = Field(default_factory=dict)
     rounds: int = Field(default=3, ge=1, le=10_000)
-    sites: list[Name] = Field(min_length=1, max_length=1000)
-    min_sites: int | None = Field(default=None, ge=1)
+    sites: list[Name] = Field(
+        min_length=1, max_length=1000, json_schema_extra={"uniqueItems": True}
+    )
+    min_sites: int | None = Field(
+        default=None, ge=1, description="quorum after the deadline; capped at the number of sites"
+    )
     round_timeout_s: float = Field(default=3600.0, gt=0, le=7 * 24 * 3600)
     aggregator: Literal["fedavg"] = "fedavg"
     training: TrainingConfig = Field(default_factory=TrainingConfig)
@@ -129,7 +141,8 @@ class RunConfig(WireModel):
         if len(set(self.sites)) != len(self.sites):
             raise ValueError("sites must be unique")
         if self.min_sites is not None and self.min_sites > len(self.sites):
-            raise ValueError("min_sites cannot exceed the number of sites")
+            # Schema-valid, so accepted: a quorum above the number of sites means all of them.
+            object.__setattr__(self, "min_sites", len(self.sites))
         if self.secure_aggregation is not None:
             check_run(
                 self.secure_aggregation,
@@ -262,7 +275,7 @@ class EnrollRequest(WireModel):
     """A site proves it holds an enrollment token and registers its signing key."""
 
     token: str = Field(min_length=16, max_length=256)
-    signing_public_key: Base64
+    signing_public_key: Key32
 
 
 class EnrollResponse(WireModel):

@@ -6,7 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Path, Query
 
-from server.api.deps import PrincipalDep, ServicesDep
+from server.api.deps import PrincipalDep, RoundPath, RunIdPath, ServicesDep, SiteNamePath
+from server.api.openapi import problems
 from shared import routes
 from shared.schemas import (
     AuditEvent,
@@ -53,7 +54,9 @@ _RUN_EXAMPLES = {
 }
 
 
-@sites.post(routes.SITES, status_code=201, summary="Register a site (admin)")
+@sites.post(
+    routes.SITES, status_code=201, summary="Register a site (admin)", responses=problems(409)
+)
 async def create_site(
     request: Annotated[SiteCreate, Body(openapi_examples=_SITE_EXAMPLES)],
     principal: PrincipalDep,
@@ -69,15 +72,22 @@ async def list_sites(principal: PrincipalDep, services: ServicesDep) -> list[Sit
     return await services.sites.list_sites(principal)
 
 
-@sites.post(routes.SITE_REVOKE, summary="Revoke a site (admin)")
-async def revoke_site(name: str, principal: PrincipalDep, services: ServicesDep) -> SiteInfo:
+@sites.post(routes.SITE_REVOKE, summary="Revoke a site (admin)", responses=problems(404))
+async def revoke_site(
+    name: SiteNamePath, principal: PrincipalDep, services: ServicesDep
+) -> SiteInfo:
     """The site's credential stops working at once; this cannot be undone."""
     return await services.sites.revoke(name, principal)
 
 
-@sites.post(routes.SITE_REISSUE, status_code=201, summary="Re-issue a site's token (admin)")
+@sites.post(
+    routes.SITE_REISSUE,
+    status_code=201,
+    summary="Re-issue a site's token (admin)",
+    responses=problems(404),
+)
 async def reissue_site_token(
-    name: str,
+    name: SiteNamePath,
     principal: PrincipalDep,
     services: ServicesDep,
     request: Annotated[SiteReissue | None, Body()] = None,
@@ -86,7 +96,12 @@ async def reissue_site_token(
     return await services.sites.reissue_token(name, request or SiteReissue(), principal)
 
 
-@runs.post(routes.RUNS, status_code=201, summary="Create a run (admin)")
+@runs.post(
+    routes.RUNS,
+    status_code=201,
+    summary="Create a run (admin)",
+    responses=problems(404, 409),
+)
 async def create_run(
     request: Annotated[RunCreate, Body(openapi_examples=_RUN_EXAMPLES)],
     principal: PrincipalDep,
@@ -102,43 +117,43 @@ async def list_runs(principal: PrincipalDep, services: ServicesDep) -> list[RunI
     return await services.runs.list_runs(principal)
 
 
-@runs.get(routes.RUN, summary="Get a run")
-async def get_run(run_id: str, principal: PrincipalDep, services: ServicesDep) -> RunInfo:
+@runs.get(routes.RUN, summary="Get a run", responses=problems(404))
+async def get_run(run_id: RunIdPath, principal: PrincipalDep, services: ServicesDep) -> RunInfo:
     """One run with its configuration and current round."""
     return await services.runs.get(run_id, principal)
 
 
-@runs.post(routes.RUN_START, summary="Start a run (admin)")
-async def start_run(run_id: str, principal: PrincipalDep, services: ServicesDep) -> RunInfo:
+@runs.post(routes.RUN_START, summary="Start a run (admin)", responses=problems(404, 409, 503))
+async def start_run(run_id: RunIdPath, principal: PrincipalDep, services: ServicesDep) -> RunInfo:
     """Signs model version 0 and opens round 1."""
     return await services.runs.start(run_id, principal)
 
 
-@runs.post(routes.RUN_STOP, summary="Stop a run (admin)")
-async def stop_run(run_id: str, principal: PrincipalDep, services: ServicesDep) -> RunInfo:
+@runs.post(routes.RUN_STOP, summary="Stop a run (admin)", responses=problems(404, 409))
+async def stop_run(run_id: RunIdPath, principal: PrincipalDep, services: ServicesDep) -> RunInfo:
     """Cancels the run and its open round."""
     return await services.runs.stop(run_id, principal)
 
 
-@runs.get(routes.ROUNDS, summary="List a run's rounds")
+@runs.get(routes.ROUNDS, summary="List a run's rounds", responses=problems(404))
 async def list_rounds(
-    run_id: str, principal: PrincipalDep, services: ServicesDep
+    run_id: RunIdPath, principal: PrincipalDep, services: ServicesDep
 ) -> list[RoundInfo]:
     """Each round with per-site progress."""
     return await services.runs.rounds(run_id, principal)
 
 
-@runs.get(routes.ROUND, summary="Get a round with per-site progress")
+@runs.get(routes.ROUND, summary="Get a round with per-site progress", responses=problems(404))
 async def get_round(
-    run_id: str, round: int, principal: PrincipalDep, services: ServicesDep
+    run_id: RunIdPath, round: RoundPath, principal: PrincipalDep, services: ServicesDep
 ) -> RoundInfo:
     """Status, deadline, and what each member site has done."""
     return await services.runs.round(run_id, round, principal)
 
 
-@runs.get(routes.MODELS, summary="List a run's model versions")
+@runs.get(routes.MODELS, summary="List a run's model versions", responses=problems(404))
 async def list_models(
-    run_id: str, principal: PrincipalDep, services: ServicesDep
+    run_id: RunIdPath, principal: PrincipalDep, services: ServicesDep
 ) -> list[ModelVersion]:
     """Version v is the consensus after round v; version 0 is the initial model."""
     return await services.runs.models(run_id, principal)

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
-from server.api.deps import PrincipalDep, ServicesDep
+from server.api.deps import (
+    PrincipalDep,
+    RoundPath,
+    RunIdPath,
+    ServicesDep,
+    VersionPath,
+)
+from server.api.openapi import problems
+from server.api.ranges import parse_range
 from server.services.publishing import Bundle
 from shared import routes
-from shared.errors import InvalidInput
+from shared.errors import InvalidInput, PayloadTooLarge
 from shared.schemas import EnrollRequest, EnrollResponse, StatusReport, TaskPoll, UpdateReceipt
 
 router = APIRouter(tags=["site"])
 bundles = APIRouter(tags=["models"])
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _UPLOAD_BODY = {
     "requestBody": {
         "required": True,
@@ -26,7 +32,9 @@ _UPLOAD_BODY = {
 }
 
 
-@router.post(routes.ENROLL, summary="Enroll a site with its one-time token")
+@router.post(
+    routes.ENROLL, summary="Enroll a site with its one-time token", responses=problems(401, 429)
+)
 async def enroll(request: EnrollRequest, services: ServicesDep) -> EnrollResponse:
     """Registers the site's Ed25519 key; returns its credential and the server key to pin."""
     return await services.sites.enroll(request)
@@ -42,7 +50,12 @@ async def next_task(
     return await services.tasks.next_task(principal, wait)
 
 
-@router.post(routes.STATUS, status_code=204, summary="Report progress in a round")
+@router.post(
+    routes.STATUS,
+    status_code=204,
+    summary="Report progress in a round",
+    responses=problems(404),
+)
 async def report_status(
     report: StatusReport, principal: PrincipalDep, services: ServicesDep
 ) -> Response:
@@ -55,18 +68,21 @@ async def report_status(
     routes.UPDATES,
     summary="Upload a sealed update (idempotent)",
     openapi_extra=_UPLOAD_BODY,
-    responses={
-        409: {"description": "round closed or not open, or a different update already sent"},
-        413: {"description": "the body is larger than the server accepts"},
-    },
+    responses=problems(400, 404, 409, 413, 422),
 )
 async def upload_update(
-    run_id: str, round: int, request: Request, principal: PrincipalDep, services: ServicesDep
+    run_id: RunIdPath,
+    round: RoundPath,
+    request: Request,
+    principal: PrincipalDep,
+    services: ServicesDep,
 ) -> UpdateReceipt:
     """Checked, stored and counted before the receipt; the same bytes get the same receipt."""
     declared = request.headers.get("content-length")
     if declared is not None and not declared.isdigit():
         raise InvalidInput("Content-Length must be a number")
+    if declared is not None and len(declared.lstrip("0")) > 18:  # never int() of 5000 digits
+        raise PayloadTooLarge("the declared body is larger than the server accepts")
     return await services.coordinator.accept_update(
         principal,
         run_id,
@@ -84,12 +100,13 @@ async def upload_update(
         200: {"content": {routes.BUNDLE_CONTENT_TYPE: {}}, "description": "the bundle"},
         206: {"description": "the requested byte range"},
         304: {"description": "not modified (If-None-Match)"},
-        416: {"description": "range not satisfiable"},
+        416: {"description": "range not satisfiable (Content-Range: bytes */size)"},
+        **problems(404, 503),
     },
 )
 async def download_bundle(
-    run_id: str,
-    version: int,
+    run_id: RunIdPath,
+    version: VersionPath,
     principal: PrincipalDep,
     services: ServicesDep,
     range_header: Annotated[str | None, Header(alias="range")] = None,
@@ -116,23 +133,16 @@ def _bundle_response(
     if if_none_match is not None and etag in {tag.strip() for tag in if_none_match.split(",")}:
         return Response(status_code=304, headers=headers)
     size = len(bundle.data)
-    if range_header is None or (if_range is not None and if_range.strip() != etag):
+    wanted = None
+    if range_header is not None and (if_range is None or if_range.strip() == etag):
+        wanted = parse_range(range_header, size)
+    if wanted is None:
         return Response(bundle.data, media_type=routes.BUNDLE_CONTENT_TYPE, headers=headers)
-    match = _RANGE.match(range_header.strip())
-    start: int | None = None
-    end = size - 1
-    if match and (match.group(1) or match.group(2)):
-        if match.group(1):
-            start = int(match.group(1))
-            if match.group(2):
-                end = min(int(match.group(2)), size - 1)
-        else:
-            start = max(0, size - int(match.group(2)))
-    if start is None or start > end or start >= size:
+    if wanted == "unsatisfiable":
         return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{size}"})
-    headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    headers["Content-Range"] = f"bytes {wanted.first}-{wanted.last}/{size}"
     return Response(
-        memoryview(bundle.data)[start : end + 1],
+        memoryview(bundle.data)[wanted.first : wanted.last + 1],
         status_code=206,
         media_type=routes.BUNDLE_CONTENT_TYPE,
         headers=headers,

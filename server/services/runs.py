@@ -13,7 +13,7 @@ from server.services.auth import Principal, now
 from server.services.publishing import Bundle, bundle_from_bytes, check_model
 from server.services.rounds import Coordinator, find_run
 from server.storage import BlobStore
-from shared.errors import Forbidden, InvalidInput, NotFound, Unavailable
+from shared.errors import Conflict, Forbidden, NotFound, Unavailable
 from shared.schemas import ModelVersion, RoundInfo, RunCreate, RunInfo, SiteProgress
 
 
@@ -43,7 +43,7 @@ class RunService:
                 raise NotFound(f"unknown sites: {', '.join(unknown)}", code="unknown_site")
             revoked = [name for name, site in sites.items() if site.status == "revoked"]
             if revoked:
-                raise InvalidInput(f"revoked sites cannot take part: {', '.join(revoked)}")
+                raise Conflict(f"revoked sites cannot take part: {', '.join(revoked)}")
             run_id = f"run-{secrets.token_hex(4)}"
             while await repo.run(run_id) is not None:
                 run_id = f"run-{secrets.token_hex(4)}"

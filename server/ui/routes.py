@@ -23,6 +23,7 @@ from fastapi.routing import APIRoute
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from server.api.deps import PrincipalDep, ServicesDep
+from server.api.problems import note_refusal
 from server.services.auth import Principal
 from server.ui import charts, views
 from server.ui.sessions import SESSION_COOKIE, Session, SessionStore
@@ -162,10 +163,21 @@ async def login_page() -> HTMLResponse:
 async def login(request: Request, services: ServicesDep) -> Response:
     """Check the token, open a session, set the HttpOnly cookie."""
     check_origin(request)
+    failures = request.app.state.auth_failures
+    address = request.client.host if request.client else "unknown"
+    wait = failures.retry_after(address)
+    if wait is not None:
+        page = render(
+            "login.html", status=429, user=None, error=f"Too many failed sign-ins: wait {wait} s."
+        )
+        page.headers["Retry-After"] = str(wait)
+        return page
     token = (await read_form(request)).get("token", "").strip()
     try:
         principal = await services.auth.authenticate(f"Bearer {token}")
-    except AuthError:
+    except AuthError as exc:
+        failures.add(address)  # the same throttle as the API's failed logins
+        note_refusal(request, exc.http_status, exc.code)
         return render("login.html", status=401, user=None, error="That token was not accepted.")
     if principal.role not in ("admin", "viewer"):
         return render(

@@ -29,9 +29,11 @@ async def sign_in(harness: Harness, token: str) -> httpx.Response:
 
 
 async def viewer_token(harness: Harness) -> str:
-    token: str = await harness.app.state.services.auth.create_admin_token(
-        role="viewer", label="watcher", actor="admin:test"
+    minted = await harness.client.post(
+        routes.TOKENS, json={"role": "viewer", "label": "watcher"}, headers=harness.admin
     )
+    assert minted.status_code == 201, minted.text
+    token: str = minted.json()["secret"]
     return token
 
 
@@ -189,3 +191,12 @@ async def _run(harness: Harness, run_id: str) -> dict[str, object]:
     answer = await harness.client.get(routes.RUN.format(run_id=run_id), headers=harness.admin)
     body: dict[str, object] = answer.json()
     return body
+
+
+async def test_failed_sign_ins_are_throttled_like_failed_api_logins(harness: Harness) -> None:
+    limit = harness.settings.auth_failure_limit
+    answers = [await post_form(harness, "/ui/login", "token=fsa_wrong") for _ in range(limit + 1)]
+    assert [answer.status_code for answer in answers[:limit]] == [401] * limit
+    assert answers[-1].status_code == 429 and int(answers[-1].headers["retry-after"]) > 0
+    right = await post_form(harness, "/ui/login", f"token={harness.admin_token}")
+    assert right.status_code == 429, "the right token must wait too while the address is throttled"

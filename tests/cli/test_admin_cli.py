@@ -151,7 +151,11 @@ def test_runs_create_from_flags_yaml_and_json(admin, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"sites": ["flag-a"], "rounds": 1, "typo_field": 3}))
     _fails(admin("runs", "create", "-c", str(bad)), "invalid_input")
-    _fails(admin("runs", "create", "--site", "flag-a", "--min-sites", "2"), "invalid_input")
+    # schema-valid, so accepted (issue 10): a quorum above the sites means all of them
+    capped = RunInfo.model_validate(
+        _json(admin("runs", "create", "--site", "flag-a", "--min-sites", "2", "--json"))
+    )
+    assert capped.config.min_sites == 1
     _fails(admin("runs", "create", "--rounds", "2"), "invalid_input")  # no sites
 
 

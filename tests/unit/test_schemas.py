@@ -81,7 +81,8 @@ def test_run_config_checks_sites_and_quorum() -> None:
     assert RunConfig(sites=["a", "b", "c"], min_sites=2).quorum == 2
     with pytest.raises(ValidationError, match="unique"):
         RunConfig(sites=["a", "a"])
-    with pytest.raises(ValidationError, match="min_sites"):
-        RunConfig(sites=["a"], min_sites=2)
+    # schema-valid, so accepted (issue 10): a quorum above the sites means all of them
+    assert RunConfig(sites=["a"], min_sites=2).min_sites == 1
+    assert RunConfig(sites=["a", "b"], min_sites=5).quorum == 2
     with pytest.raises(ValidationError):
         RunConfig(sites=[])
