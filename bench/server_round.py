@@ -201,7 +201,7 @@ def main() -> None:
                 run_id=run["id"],
                 round=1,
                 site=name,
-                base_model_sha256=task.model_sha256,
+                base_weights_sha256=task.weights_sha256,
                 num_samples=10 + index,
                 created_at=datetime.now(UTC),
             )
@@ -253,7 +253,7 @@ def main() -> None:
             each.close()
         assert all(code == 200 for code in answers.values()), answers
         models = client.get(routes.MODELS.format(run_id=run["id"]), headers=admin).json()
-        assert [m["round"] for m in models] == [0, 1], models
+        assert [m["version"] for m in models] == [0, 1], models
         round_peak = rss(server.pid, "VmHWM")
         lifetime = max(lifetime_before, round_peak)
         metrics = client.get(routes.METRICS).text
@@ -285,7 +285,7 @@ def main() -> None:
             run_id=run["id"],
             round=1,
             site=name,
-            base_model_sha256="0" * 64,
+            base_weights_sha256="0" * 64,
             num_samples=10 + index,
             created_at=datetime.now(UTC),
         )
@@ -314,7 +314,7 @@ def main() -> None:
     consensus = accumulator.consensus(base)
     _manifest, files = make_bundle(
         run_id=run["id"],
-        round_number=1,
+        version=1,
         model=args.model,
         model_params={},
         weights=arrays.to_safetensors(consensus),

@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from server.api.deps import PrincipalDep, ServicesDep
-from server.services.publishing import Bundle
 from shared import routes
+from shared.bundle import Bundle
 from shared.errors import InvalidInput
 from shared.schemas import EnrollRequest, EnrollResponse, StatusReport, TaskPoll, UpdateReceipt
 
@@ -107,7 +107,7 @@ async def download_bundle(
 def _bundle_response(
     bundle: Bundle, range_header: str | None, if_none_match: str | None, if_range: str | None
 ) -> Response:
-    etag = f'"{bundle.key}"'
+    etag = f'"{bundle.sha256}"'
     headers = {
         "ETag": etag,
         "Accept-Ranges": "bytes",

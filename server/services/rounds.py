@@ -43,16 +43,11 @@ from server.services.envelopes import (
 from server.services.events import Notifier
 from server.services.keys import RoundKeys
 from server.services.model_worker import build_in_worker
-from server.services.publishing import (
-    Bundle,
-    build_bundle,
-    bundle_from_bytes,
-    initial_weights,
-    weights_view,
-)
+from server.services.publishing import build_bundle, initial_weights, stored_bundle
 from server.storage import BlobStore
 from shared import crypto
 from shared.arrays import Arrays, from_safetensors, to_safetensors, validate_arrays
+from shared.bundle import Bundle
 from shared.errors import (
     Conflict,
     FedsegError,
@@ -88,7 +83,7 @@ class LiveRound:
     config: RunConfig
     members: dict[int, str]
     private_key: X25519PrivateKey
-    base_sha256: str
+    base_weights_sha256: str
     spec: list[TensorSpec]
     deadline: datetime
     accumulator: Accumulator
@@ -166,7 +161,7 @@ class Coordinator:
             if revoked:
                 raise Conflict(f"sites {', '.join(revoked)} are revoked", code="run_state")
             bundle = await self._initial_bundle(run_id, config)
-            await to_thread.run_sync(self._blobs.put_bytes, bundle.data, bundle.key)
+            await to_thread.run_sync(self._blobs.put_bytes, bundle.data, bundle.sha256)
             moment = now()
             key = self._keys.create(run_id, 1)
             try:
@@ -225,7 +220,7 @@ class Coordinator:
                 status="open",
                 opened_at=moment,
                 deadline=moment + timedelta(seconds=config.round_timeout_s),
-                model_sha256=bundle.manifest.weights_sha256,
+                weights_sha256=bundle.manifest.weights_sha256,
                 public_key=base64.b64encode(crypto.public_bytes(key.public_key())).decode(),
             )
         )
@@ -354,7 +349,7 @@ class Coordinator:
         validate_arrays(tensors, live.spec)
         if envelope.header.num_samples <= 0:
             raise TensorError("num_samples must be positive", code="bad_num_samples")
-        if envelope.header.base_model_sha256 != live.base_sha256:
+        if envelope.header.base_weights_sha256 != live.base_weights_sha256:
             raise TensorError(
                 "the update was trained from another model than this round's",
                 code="base_model_mismatch",
@@ -476,7 +471,7 @@ class Coordinator:
         if base is None or base.version != live.number - 1:
             base = await self._load_bundle(live.run_id, live.number - 1)
         bundle = await to_thread.run_sync(self._consensus, live, base)
-        await to_thread.run_sync(self._blobs.put_bytes, bundle.data, bundle.key)
+        await to_thread.run_sync(self._blobs.put_bytes, bundle.data, bundle.sha256)
         last = live.number >= live.config.rounds
         next_key = None if last else self._keys.create(live.run_id, live.number + 1)
         moment = now()
@@ -494,7 +489,7 @@ class Coordinator:
                 now=moment,
                 updates=len(live.counted),
                 total_weight=live.accumulator.total_weight,
-                model_sha256=bundle.manifest.weights_sha256,
+                weights_sha256=bundle.manifest.weights_sha256,
             )
             next_row = None
             if next_key is None:
@@ -521,7 +516,7 @@ class Coordinator:
         self._notifier.notify()
 
     def _consensus(self, live: LiveRound, base: Bundle) -> Bundle:
-        weights = to_safetensors(live.accumulator.consensus(weights_view(base)))
+        weights = to_safetensors(live.accumulator.consensus(base.arrays))
         return build_bundle(
             run_id=live.run_id,
             version=live.number,
@@ -572,7 +567,7 @@ class Coordinator:
             data = await to_thread.run_sync(self._blobs.get_bytes, row.bundle)
         except FileNotFoundError:
             raise Unavailable(f"bundle of {run_id} v{version} is missing from storage") from None
-        return bundle_from_bytes(run_id, version, data)
+        return stored_bundle(data)
 
     # --- restart -----------------------------------------------------------------------
 
@@ -632,7 +627,7 @@ def _live_round(
         config=config,
         members=members,
         private_key=key,
-        base_sha256=base.manifest.weights_sha256,
+        base_weights_sha256=base.manifest.weights_sha256,
         spec=list(base.manifest.tensors),
         deadline=row.deadline,
         accumulator=Accumulator(list(base.manifest.tensors)),
@@ -643,8 +638,8 @@ def _version_row(bundle: Bundle, moment: datetime) -> ModelVersionRow:
     return ModelVersionRow(
         run_id=bundle.run_id,
         version=bundle.version,
-        sha256=bundle.manifest.weights_sha256,
-        bundle=bundle.key,
+        weights_sha256=bundle.manifest.weights_sha256,
+        bundle=bundle.sha256,
         bundle_size=len(bundle.data),
         created_at=moment,
     )

@@ -10,9 +10,10 @@ from server.db.engine import Database
 from server.db.models import RunRow
 from server.db.repositories import model_version_info, run_info
 from server.services.auth import Principal, now
-from server.services.publishing import Bundle, bundle_from_bytes, check_model
+from server.services.publishing import check_model, stored_bundle
 from server.services.rounds import Coordinator, find_run
 from server.storage import BlobStore
+from shared.bundle import Bundle
 from shared.errors import Forbidden, InvalidInput, NotFound, Unavailable
 from shared.schemas import ModelVersion, RoundInfo, RunCreate, RunInfo, SiteProgress
 
@@ -142,7 +143,7 @@ class RunService:
                     "opened_at": row.opened_at,
                     "deadline": row.deadline,
                     "closed_at": row.closed_at,
-                    "model_sha256": row.model_sha256,
+                    "weights_sha256": row.weights_sha256,
                     "sites": sites,
                 }
             )
@@ -186,4 +187,4 @@ class RunService:
             data = await to_thread.run_sync(self._blobs.get_bytes, key)
         except FileNotFoundError:
             raise Unavailable(f"bundle of {run_id} v{version} is missing from storage") from None
-        return bundle_from_bytes(run_id, version, data)
+        return stored_bundle(data)

@@ -56,7 +56,7 @@ class TaskService:
                     continue
                 if await repo.update_of(row.id, site.site_id) is not None:
                     continue
-                assert row.model_sha256 and row.public_key and row.deadline
+                assert row.weights_sha256 and row.public_key and row.deadline
                 config = run_config(run)
                 task = Task(
                     run_id=run.id,
@@ -64,7 +64,7 @@ class TaskService:
                     site=site.name,
                     model=config.model,
                     model_params=dict(config.model_params),
-                    model_sha256=row.model_sha256,
+                    weights_sha256=row.weights_sha256,
                     bundle_path=routes.MODEL_BUNDLE.format(run_id=run.id, version=row.number - 1),
                     upload_path=routes.UPDATES.format(run_id=run.id, round=row.number),
                     round_public_key=row.public_key,

@@ -331,7 +331,9 @@ async def test_num_samples_must_be_positive(opened: OpenRound, num_samples: int)
 
 async def test_base_model_mismatch(opened: OpenRound) -> None:
     h = opened.harness
-    body = h.seal(opened.a, opened.task_a, h.delta_like(opened.base, 1), base_model_sha256="0" * 64)
+    body = h.seal(
+        opened.a, opened.task_a, h.delta_like(opened.base, 1), base_weights_sha256="0" * 64
+    )
     await _rejected(h, h.upload(opened.a, opened.run_id, 1, body), 422, "base_model_mismatch")
 
 

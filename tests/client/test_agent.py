@@ -47,7 +47,7 @@ class FakeServer:
         for version in range(3):  # the same weights published as versions 0..2
             manifest, files = make_bundle(
                 run_id="run1",
-                round_number=version,
+                version=version,
                 model="segresnet-small",
                 model_params={},
                 weights=to_safetensors(self.base),
@@ -69,7 +69,7 @@ class FakeServer:
             site=SITE,
             model="segresnet-small",
             model_params={},
-            model_sha256=self.weights_sha256,
+            weights_sha256=self.weights_sha256,
             bundle_path=routes.MODEL_BUNDLE.format(run_id="run1", version=round_number - 1),
             upload_path=routes.UPDATES.format(run_id="run1", round=round_number),
             round_public_key=base64.b64encode(
@@ -173,7 +173,7 @@ def test_round_writes_the_ledger_and_uploads_what_it_records(server, state) -> N
             header.model_dump(mode="json"), sort_keys=True, separators=(",", ":")
         ).encode()
     )
-    assert header.num_samples == 7 and header.base_model_sha256 == server.weights_sha256
+    assert header.num_samples == 7 and header.base_weights_sha256 == server.weights_sha256
     assert {"dice_tc", "dice_wt", "dice_et", "dice_mean", "train_loss"} <= set(header.metrics)
     assert {"time_download", "time_evaluate", "time_train", "time_seal"} <= set(header.metrics)
     assert set(change) == {"w", "b"} and float(change["w"].abs().sum()) > 0
@@ -251,7 +251,7 @@ def test_task_signed_by_another_key_is_refused(server, state) -> None:
 
 def test_bundle_that_is_not_the_tasks_model_is_refused_and_deleted(server, state) -> None:
     signed = server.task()
-    task = signed.task.model_copy(update={"model_sha256": "0" * 64})
+    task = signed.task.model_copy(update={"weights_sha256": "0" * 64})
     with pytest.raises(BundleError):
         make_agent(server, state).run_task(sign_task(task, server.signing_key))
     assert not state.bundle_path("run1", 0).exists() and server.uploads == []

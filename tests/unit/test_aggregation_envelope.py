@@ -39,7 +39,7 @@ def _envelope(size: int) -> tuple[bytes, dict[str, torch.Tensor], object, object
         run_id="run-1",
         round=1,
         site="site-a",
-        base_model_sha256="0" * 64,
+        base_weights_sha256="0" * 64,
         num_samples=3,
         created_at=datetime.now(UTC),
     )
