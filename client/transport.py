@@ -21,30 +21,12 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from shared import routes
-from shared.errors import (
-    AuthError,
-    Conflict,
-    FedsegError,
-    Forbidden,
-    InvalidInput,
-    NotFound,
-    PayloadTooLarge,
-    Unavailable,
-    error_for_code,
-)
+from shared.errors import FedsegError, Unavailable, error_from_answer
 from shared.schemas import EnrollRequest, EnrollResponse, StatusReport, TaskPoll, UpdateReceipt
 
 log = logging.getLogger(__name__)
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
-_BY_STATUS: dict[int, type[FedsegError]] = {
-    401: AuthError,
-    403: Forbidden,
-    404: NotFound,
-    409: Conflict,
-    413: PayloadTooLarge,
-    422: InvalidInput,
-}
 CHUNK = 1 << 20
 
 
@@ -69,19 +51,13 @@ class _Retryable(Exception):
 
 
 def problem_error(response: httpx.Response) -> FedsegError:
-    """The `FedsegError` a failed response describes (problem+json code, else status)."""
+    """The `FedsegError` a failed response describes (`shared.errors.error_from_answer`)."""
     try:
         body = response.json()
     except ValueError:
         body = None
-    if isinstance(body, dict) and isinstance(body.get("code"), str):
-        detail = body.get("detail") or body.get("title") or response.reason_phrase
-        return error_for_code(body["code"], str(detail))
-    cls = _BY_STATUS.get(response.status_code)
-    message = f"server answered {response.status_code} {response.reason_phrase}"
-    if cls is None:
-        return Unavailable(message) if response.status_code >= 500 else FedsegError(message)
-    return cls(message)
+    reason = f"server answered {response.status_code} {response.reason_phrase}"
+    return error_from_answer(response.status_code, body, reason)
 
 
 def _retry_after(response: httpx.Response) -> float | None:
