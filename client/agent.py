@@ -353,6 +353,12 @@ class Agent:
             except (Unavailable, FedsegError) as exc:
                 if isinstance(exc, AuthError):
                     raise
+                if 400 <= exc.http_status < 500:  # an answer, not an accident: it would repeat
+                    raise type(exc)(
+                        f"the server refuses to poll for tasks: {exc.message}; retrying cannot "
+                        "help: check --poll-wait and the server URL, then start again",
+                        code=exc.code,
+                    ) from None
                 failures += 1
                 log.warning("poll failed: %s", exc)
                 self.sleep(min(60.0, 2.0**failures))

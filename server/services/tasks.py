@@ -30,10 +30,15 @@ class TaskService:
         self._max_wait_s = max_wait_s
 
     async def next_task(self, site: Principal, wait: float) -> TaskPoll:
-        """The oldest open round the site still owes an update to; waits up to ``wait`` s."""
+        """The oldest open round the site still owes an update to; waits up to ``wait`` s.
+
+        ``wait`` is clamped to the server's ``max_wait_s``: a client asking for more
+        simply polls again sooner, it is never refused.
+        """
         site.require_site()
-        if wait < 0 or wait > self._max_wait_s:
-            raise InvalidInput(f"wait must be between 0 and {self._max_wait_s} seconds")
+        if wait < 0:
+            raise InvalidInput("wait cannot be negative")
+        wait = min(wait, self._max_wait_s)  # a longer wait is clamped to the server's limit
         loop = asyncio.get_running_loop()
         until = loop.time() + wait
         while True:

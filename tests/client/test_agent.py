@@ -15,7 +15,7 @@ from client.state import StateDir
 from client.training import TrainResult
 from shared import crypto, routes
 from shared.bundle import bundle_tar, make_bundle
-from shared.errors import BundleError, Conflict, IntegrityError
+from shared.errors import BundleError, Conflict, IntegrityError, InvalidInput, Unavailable
 from shared.schemas import (
     PrivacyConfig,
     SignedTask,
@@ -286,3 +286,37 @@ def test_exit_when_done_waits_while_a_run_is_active(server, state) -> None:
     assert agent.run(poll_wait=1, exit_when_done=True, idle_exit_s=3) == 0
     assert server.polls == []  # it waited for the active run, then exited after idling
     assert now[0] >= 7  # idle for idle_exit_s after the last active poll
+
+
+@pytest.mark.parametrize("exit_when_done", [True, False])
+def test_a_poll_refused_with_a_4xx_stops_the_agent_naming_the_flag(
+    server, state, exit_when_done: bool
+) -> None:
+    agent = make_agent(server, state)
+    calls = []
+
+    def refused(wait_s: float) -> TaskPoll:
+        calls.append(wait_s)
+        if len(calls) > 3:  # the old agent retried forever: end it here
+            raise RuntimeError("the agent polled again after a 4xx")
+        raise InvalidInput("wait must be between 0 and 30.0 seconds")
+
+    server.poll = refused  # type: ignore[method-assign]
+    with pytest.raises(InvalidInput, match="--poll-wait") as raised:
+        agent.run(poll_wait=300, exit_when_done=exit_when_done, idle_exit_s=0)
+    assert raised.value.code == "invalid_input" and len(calls) == 1
+
+
+def test_a_transient_poll_failure_is_retried(server, state) -> None:
+    agent = make_agent(server, state)
+    answers: list[TaskPoll | Exception] = [Unavailable("restarting"), TaskPoll(active_runs=0)]
+
+    def flaky(wait_s: float) -> TaskPoll:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    server.poll = flaky  # type: ignore[method-assign]
+    assert agent.run(poll_wait=1, exit_when_done=True, idle_exit_s=0) == 0
+    assert answers == []
