@@ -13,7 +13,7 @@ has every site upload a sealed delta at once, and prints:
 - this machine's lower bound for the same work, measured here in the same run:
   loopback transfer of the N envelopes, then, for each, verify and unseal and
   accumulate; then serialise, hash and sign the consensus once;
-- the ratio overhead / bound, and the targets (<= 2x; RSS <= 300 MB + 3x model),
+- the ratio overhead / bound, and the targets (<= 1.5x; RSS <= 300 MB + 3x model),
   each with a PASS or MISS line.
 
 The bound runs the server's own numpy code (`shared.arrays`, the accumulator) in
@@ -52,6 +52,7 @@ from shared.tensors import Tensors, from_safetensors
 from shared.updates import UPDATE_CONTEXT, seal_update
 
 CLI = [sys.executable, "-c", "from fedseg.cli import main; main()"]
+TARGET_RATIO = 1.5
 MB = 1024 * 1024
 
 
@@ -340,10 +341,10 @@ def main() -> None:
         f"lower bound: {bound:.3f} s = loopback {transfer:.3f} s"
         f" + verify/unseal/accumulate/hash/sign {compute:.3f} s"
     )
-    print(f"ratio overhead / bound: {overhead / bound:.2f}x   target <= 2x")
+    print(f"ratio overhead / bound: {overhead / bound:.2f}x   target <= {TARGET_RATIO}x")
     print(
-        f"target overhead <= 2x bound:               "
-        f"{'PASS' if overhead <= 2 * bound else 'MISS'} ({overhead / bound:.2f}x)"
+        f"target overhead <= {TARGET_RATIO}x bound:             "
+        f"{'PASS' if overhead <= TARGET_RATIO * bound else 'MISS'} ({overhead / bound:.2f}x)"
     )
     print(
         f"target peak RSS <= 300 MB + 3x model = {target_rss:.0f} MB: "

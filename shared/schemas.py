@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -123,8 +124,29 @@ class RunConfig(WireModel):
         return self.min_sites or len(self.sites)
 
 
-RunStatus = Literal["created", "running", "completed", "failed", "cancelled"]
-RoundState = Literal["created", "open", "aggregating", "closed", "failed", "cancelled"]
+class RunStatus(StrEnum):
+    """Where a run is; the server's transition table says which moves are allowed."""
+
+    CREATED = "created"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    """A site's privacy budget is spent: the run stops with the model it has."""
+
+
+class RoundStatus(StrEnum):
+    """Where a round is; ``aggregating`` while the server signs the consensus."""
+
+    CREATED = "created"
+    OPEN = "open"
+    AGGREGATING = "aggregating"
+    CLOSED = "closed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
 SiteState = Literal[
     "waiting", "downloading", "evaluating", "training", "sealing", "uploading", "uploaded", "error"
 ]
@@ -166,7 +188,7 @@ class RoundInfo(WireModel):
 
     run_id: str
     round: RoundNumber
-    status: RoundState
+    status: RoundStatus
     opened_at: datetime | None
     deadline: datetime | None
     closed_at: datetime | None

@@ -67,7 +67,7 @@ async def upload_update(
     declared = request.headers.get("content-length")
     if declared is not None and not declared.isdigit():
         raise InvalidInput("Content-Length must be a number")
-    return await services.coordinator.accept_update(
+    return await services.intake.accept_update(
         principal,
         run_id,
         round,

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from server.metrics import Metrics
 from server.services.auth import AuthService
+from server.services.intake import UpdateIntake
 from server.services.operations import OperationsService
 from server.services.rounds import Coordinator
 from server.services.runs import RunService
@@ -21,6 +22,7 @@ class Services:
     sites: SiteService
     runs: RunService
     coordinator: Coordinator
+    intake: UpdateIntake
     tasks: TaskService
     operations: OperationsService
     metrics: Metrics
