@@ -11,10 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from anyio import to_thread
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from server.db.engine import Database
+from server.storage import BlobStore
 from shared import models
 from shared.bundle import MANIFEST, Bundle, bundle_tar, make_bundle, tar_member
+from shared.errors import NotFound, Unavailable
 from shared.schemas import BundleManifest, RunConfig
 
 
@@ -44,6 +48,25 @@ def stored_bundle(data: bytes) -> Bundle:
     """Re-read one of our own stored bundles (its manifest only; trusted storage)."""
     manifest = BundleManifest.model_validate_json(bytes(tar_member(data, MANIFEST)))
     return _hashed(Bundle(manifest=manifest, data=data))
+
+
+async def read_bundle(blobs: BlobStore, key: str, *, run_id: str, version: int) -> Bundle:
+    """A stored bundle by its blob key; `Unavailable` when storage lost it."""
+    try:
+        data = await to_thread.run_sync(blobs.get_bytes, key)
+    except FileNotFoundError:
+        raise Unavailable(f"bundle of {run_id} v{version} is missing from storage") from None
+    return await to_thread.run_sync(stored_bundle, data)
+
+
+async def load_bundle(db: Database, blobs: BlobStore, run_id: str, version: int) -> Bundle:
+    """Model version ``version`` of a run from storage; `NotFound` when there is none."""
+    async with db.read() as repo:
+        row = await repo.model_version(run_id, version)
+        key = None if row is None else row.bundle
+    if key is None:
+        raise NotFound(f"run {run_id} has no model version {version}")
+    return await read_bundle(blobs, key, run_id=run_id, version=version)
 
 
 def _hashed(bundle: Bundle) -> Bundle:

@@ -34,13 +34,13 @@ from server.services.auth import now
 from server.services.events import Notifier
 from server.services.keys import RoundKeys
 from server.services.live import LiveRound, live_round, version_row
-from server.services.publishing import build_bundle, stored_bundle
+from server.services.publishing import build_bundle, load_bundle
 from server.services.transitions import change_status, run_finished
 from server.storage import BlobStore
 from shared import crypto
 from shared.arrays import Arrays, from_safetensors, to_safetensors
 from shared.bundle import Bundle
-from shared.errors import Conflict, NotFound, Unavailable
+from shared.errors import Conflict, NotFound
 from shared.schemas import RoundStatus, RunConfig, RunStatus
 from shared.updates import read_envelope_header, unseal_envelope
 
@@ -209,7 +209,7 @@ class Coordinator:
                 change_status(row, RoundStatus.AGGREGATING, at=now())
         base = self._bundles.get(live.run_id)
         if base is None or base.version != live.number - 1:
-            base = await self._load_bundle(live.run_id, live.number - 1)
+            base = await load_bundle(self._db, self._blobs, live.run_id, live.number - 1)
         bundle = await to_thread.run_sync(self._consensus, live, base)
         await to_thread.run_sync(self._blobs.put_bytes, bundle.data, bundle.sha256)
         last = live.number >= live.config.rounds
@@ -313,18 +313,6 @@ class Coordinator:
         self._bundles.pop(run_id, None)
         self._notifier.notify()
 
-    async def _load_bundle(self, run_id: str, version: int) -> Bundle:
-        async with self._db.read() as repo:
-            row = await repo.model_version(run_id, version)
-            key = None if row is None else row.bundle
-        if key is None:
-            raise NotFound(f"run {run_id} has no model version {version}")
-        try:
-            data = await to_thread.run_sync(self._blobs.get_bytes, key)
-        except FileNotFoundError:
-            raise Unavailable(f"bundle of {run_id} v{version} is missing from storage") from None
-        return stored_bundle(data)
-
     # --- restart -----------------------------------------------------------------------
 
     async def resume(self) -> None:
@@ -342,7 +330,7 @@ class Coordinator:
         self._keys.sweep({(row.run_id, row.number) for row, *_ in plans})
         for row, config, members, updates in plans:
             key = self._keys.load(row.run_id, row.number)
-            bundle = await self._load_bundle(row.run_id, row.number - 1)
+            bundle = await load_bundle(self._db, self._blobs, row.run_id, row.number - 1)
             if key is None:
                 live = live_round(row, config, members, crypto.generate_sealing_key(), bundle)
                 async with live.lock:

@@ -18,11 +18,11 @@ from server.db.models import RunRow
 from server.db.repositories import model_version_info, run_config, run_info
 from server.services.auth import Principal, now
 from server.services.model_worker import build_in_worker
-from server.services.publishing import build_bundle, check_model, initial_weights, stored_bundle
+from server.services.publishing import build_bundle, check_model, initial_weights, read_bundle
 from server.services.rounds import Coordinator, find_run
 from server.storage import BlobStore
 from shared.bundle import Bundle
-from shared.errors import Conflict, Forbidden, InvalidInput, NotFound, Unavailable
+from shared.errors import Conflict, Forbidden, InvalidInput, NotFound
 from shared.schemas import (
     ModelVersion,
     RoundInfo,
@@ -91,13 +91,13 @@ class RunService:
     async def list_runs(self, actor: Principal) -> list[RunInfo]:
         """Every run."""
         actor.require_reader()
-        async with self._db.transaction() as repo:
+        async with self._db.read() as repo:
             return [run_info(row) for row in await repo.list_runs()]
 
     async def get(self, run_id: str, actor: Principal) -> RunInfo:
         """One run."""
         actor.require_reader()
-        async with self._db.transaction() as repo:
+        async with self._db.read() as repo:
             return run_info(await find_run(repo, run_id))
 
     async def start(self, run_id: str, actor: Principal) -> RunInfo:
@@ -154,7 +154,7 @@ class RunService:
     async def rounds(self, run_id: str, actor: Principal) -> list[RoundInfo]:
         """Every round of a run, with per-site progress."""
         actor.require_reader()
-        async with self._db.transaction() as repo:
+        async with self._db.read() as repo:
             await find_run(repo, run_id)
             numbers = [row.number for row in await repo.rounds(run_id)]
         return [await self.round(run_id, number, actor) for number in numbers]
@@ -162,7 +162,7 @@ class RunService:
     async def round(self, run_id: str, number: int, actor: Principal) -> RoundInfo:
         """One round with what each member site has done in it."""
         actor.require_reader()
-        async with self._db.transaction() as repo:
+        async with self._db.read() as repo:
             await find_run(repo, run_id)
             row = await repo.round(run_id, number)
             if row is None:
@@ -214,7 +214,7 @@ class RunService:
     async def models(self, run_id: str, actor: Principal) -> list[ModelVersion]:
         """Every signed model version of a run."""
         actor.require_reader()
-        async with self._db.transaction() as repo:
+        async with self._db.read() as repo:
             await find_run(repo, run_id)
             return [model_version_info(row) for row in await repo.model_versions(run_id)]
 
@@ -246,8 +246,4 @@ class RunService:
         cached = self._coordinator.cached_bundle(run_id, version)
         if cached is not None:
             return cached
-        try:
-            data = await to_thread.run_sync(self._blobs.get_bytes, key)
-        except FileNotFoundError:
-            raise Unavailable(f"bundle of {run_id} v{version} is missing from storage") from None
-        return stored_bundle(data)
+        return await read_bundle(self._blobs, key, run_id=run_id, version=version)

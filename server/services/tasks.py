@@ -51,7 +51,7 @@ class TaskService:
 
     async def _poll(self, site: Principal) -> TaskPoll:
         assert site.site_id is not None
-        async with self._db.transaction() as repo:
+        async with self._db.read() as repo:  # polls never queue behind commits
             runs = await repo.running_runs_of_site(site.site_id)
             for run in runs:
                 if run.current_round is None:
