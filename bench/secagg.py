@@ -239,7 +239,7 @@ def plain_round(spec: list[TensorSpec], names: list[str]) -> Outcome:
             run_id=CONTEXT.run_id,
             round=CONTEXT.round,
             site=name,
-            base_model_sha256="0" * 64,
+            base_weights_sha256="0" * 64,
             num_samples=10 + index,
             created_at=datetime.now(UTC),
         )

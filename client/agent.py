@@ -225,11 +225,11 @@ class Agent:
                     "bundle is signed by a retired server key after its retirement",
                     code="unknown_key",
                 )
-            if manifest.weights_sha256 != task.model_sha256:
+            if manifest.weights_sha256 != task.weights_sha256:
                 raise BundleError("bundle weights are not the model the task names")
-            if (manifest.run_id, manifest.round) != (task.run_id, version):
+            if (manifest.run_id, manifest.version) != (task.run_id, version):
                 raise BundleError(
-                    f"bundle is {manifest.run_id} v{manifest.round}, not {task.run_id} v{version}"
+                    f"bundle is {manifest.run_id} v{manifest.version}, not {task.run_id} v{version}"
                 )
             if manifest.model != task.model or manifest.model_params != task.model_params:
                 raise BundleError("bundle model differs from the task's model")
@@ -307,7 +307,7 @@ class Agent:
             run_id=task.run_id,
             round=task.round,
             site=self.keys.site,
-            base_model_sha256=task.model_sha256,
+            base_weights_sha256=task.weights_sha256,
             num_samples=result.num_samples,
             metrics=_finite({**dice, "train_loss": result.loss, **timings}),
             created_at=datetime.now(UTC),
@@ -322,7 +322,7 @@ class Agent:
             "run_id": task.run_id,
             "round": task.round,
             "upload_path": task.upload_path,
-            "base_model_sha256": task.model_sha256,
+            "base_weights_sha256": task.weights_sha256,
             "delta_sha256": hashlib.sha256(payload).hexdigest(),
             "update_sha256": hashlib.sha256(envelope).hexdigest(),
             "num_samples": result.num_samples,
@@ -408,6 +408,12 @@ class Agent:
             except (Unavailable, FedsegError) as exc:
                 if isinstance(exc, AuthError):
                     raise
+                if 400 <= exc.http_status < 500:  # an answer, not an accident: it would repeat
+                    raise type(exc)(
+                        f"the server refuses to poll for tasks: {exc.message}; retrying cannot "
+                        "help: check --poll-wait and the server URL, then start again",
+                        code=exc.code,
+                    ) from None
                 failures += 1
                 log.warning("poll failed: %s", exc)
                 self.sleep(min(60.0, 2.0**failures))

@@ -22,18 +22,7 @@ import httpx
 from pydantic import BaseModel, RootModel, ValidationError
 
 from shared import routes
-from shared.errors import (
-    AuthError,
-    ConfigError,
-    Conflict,
-    FedsegError,
-    Forbidden,
-    InvalidInput,
-    NotFound,
-    PayloadTooLarge,
-    Unavailable,
-    error_for_code,
-)
+from shared.errors import ConfigError, FedsegError, Unavailable, error_from_answer
 from shared.schemas import (
     EnrollRequest,
     EnrollResponse,
@@ -53,14 +42,6 @@ class _Rotations(RootModel[list[SignedKeyRotation]]):
     """The answer of the key-rotations route."""
 
 
-_BY_STATUS: dict[int, type[FedsegError]] = {
-    401: AuthError,
-    403: Forbidden,
-    404: NotFound,
-    409: Conflict,
-    413: PayloadTooLarge,
-    422: InvalidInput,
-}
 CHUNK = 1 << 20
 
 
@@ -85,19 +66,13 @@ class _Retryable(Exception):
 
 
 def problem_error(response: httpx.Response) -> FedsegError:
-    """The `FedsegError` a failed response describes (problem+json code, else status)."""
+    """The `FedsegError` a failed response describes (`shared.errors.error_from_answer`)."""
     try:
         body = response.json()
     except ValueError:
         body = None
-    if isinstance(body, dict) and isinstance(body.get("code"), str):
-        detail = body.get("detail") or body.get("title") or response.reason_phrase
-        return error_for_code(body["code"], str(detail))
-    cls = _BY_STATUS.get(response.status_code)
-    message = f"server answered {response.status_code} {response.reason_phrase}"
-    if cls is None:
-        return Unavailable(message) if response.status_code >= 500 else FedsegError(message)
-    return cls(message)
+    reason = f"server answered {response.status_code} {response.reason_phrase}"
+    return error_from_answer(response.status_code, body, reason)
 
 
 def _retry_after(response: httpx.Response) -> float | None:

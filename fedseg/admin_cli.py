@@ -622,7 +622,7 @@ def download_model(
     key the whole bundle is verified (signature, hash, tensor specs) before ``out``
     is written.
     """
-    versions = {item.round: item for item in client.list_models(run_id)}
+    versions = {item.version: item for item in client.list_models(run_id)}
     if not versions:
         raise InvalidInput(f"run {run_id} has no model yet")
     chosen = max(versions) if version is None else version
@@ -632,10 +632,10 @@ def download_model(
     data = client.download_bundle(run_id, chosen)
     files = read_bundle_files(data)
     weights_sha = hashlib.sha256(files.weights).hexdigest()
-    if versions[chosen].sha256 not in (weights_sha, hashlib.sha256(data).hexdigest()):
+    if versions[chosen].weights_sha256 not in (weights_sha, hashlib.sha256(data).hexdigest()):
         raise IntegrityError(
             f"downloaded bundle's weights sha256 {weights_sha[:16]}… does not match the "
-            f"server's listing {versions[chosen].sha256[:16]}…",
+            f"server's listing {versions[chosen].weights_sha256[:16]}…",
             code="hash_mismatch",
         )
     result: dict[str, Any] = {
@@ -648,9 +648,9 @@ def download_model(
     }
     if server_key is not None:
         opened = open_bundle(data, {crypto.key_id(server_key): server_key})
-        if opened.manifest.run_id != run_id or opened.manifest.round != chosen:
+        if opened.manifest.run_id != run_id or opened.manifest.version != chosen:
             raise BundleError(
-                f"bundle says run {opened.manifest.run_id} version {opened.manifest.round}, "
+                f"bundle says run {opened.manifest.run_id} version {opened.manifest.version}, "
                 f"expected run {run_id} version {chosen}"
             )
         result.update(

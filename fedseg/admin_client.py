@@ -2,7 +2,7 @@
 
 Used by ``fedseg admin`` and by ``fedseg simulate``. Every call returns a wire model
 from `shared.schemas`; every failure raises a `FedsegError`: a problem+json answer
-becomes the error class of its ``code`` (`shared.errors.error_for_code`), a network
+becomes the error class of its ``code`` (`shared.errors.error_from_answer`), a network
 failure becomes `Unavailable`.
 """
 
@@ -19,7 +19,7 @@ import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from shared import routes
-from shared.errors import FedsegError, InvalidInput, Unavailable, error_for_code
+from shared.errors import FedsegError, InvalidInput, Unavailable, error_from_answer
 from shared.schemas import (
     AuditEvent,
     AuditVerification,
@@ -51,23 +51,13 @@ def _segment(value: object) -> str:
 
 
 def error_from_response(response: httpx.Response) -> FedsegError:
-    """The `FedsegError` a non-2xx answer stands for (problem+json or not)."""
-    code = "internal"
-    message = response.reason_phrase or f"HTTP {response.status_code}"
+    """The `FedsegError` a non-2xx answer stands for (`shared.errors.error_from_answer`)."""
     try:
         body = response.json()
     except (ValueError, UnicodeDecodeError):
         body = None
-    if isinstance(body, dict) and isinstance(body.get("code"), str):
-        code = body["code"]
-        message = str(body.get("detail") or body.get("title") or message)
-    elif response.status_code in (401, 403):
-        code = "unauthenticated" if response.status_code == 401 else "forbidden"
-    elif response.status_code == 404:
-        code = "not_found"
-    elif response.status_code == 503:
-        code = "unavailable"
-    return error_for_code(code, message)
+    reason = response.reason_phrase or f"HTTP {response.status_code}"
+    return error_from_answer(response.status_code, body, reason)
 
 
 class AdminClient:

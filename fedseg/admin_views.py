@@ -183,10 +183,10 @@ def run_view(run: RunInfo, rounds: Sequence[RoundInfo]) -> RenderableType:
 def models_table(models: Sequence[ModelVersion]) -> Table:
     """Signed model versions of a run."""
     table = Table(title="Model versions", title_justify="left")
-    for column in ("version", "sha256", "created"):
+    for column in ("version", "weights_sha256", "created"):
         table.add_column(column)
-    for model in sorted(models, key=lambda item: item.round):
-        table.add_row(str(model.round), model.sha256, when(model.created_at))
+    for model in sorted(models, key=lambda item: item.version):
+        table.add_row(str(model.version), model.weights_sha256, when(model.created_at))
     return table
 
 

@@ -69,17 +69,25 @@ def _require(value: Any, flag: str, env: str) -> Any:
 CaFile = Annotated[
     Path | None,
     typer.Option(
-        "--ca-file", help="PEM: the server's CA, or its own certificate to pin (FEDSEG_CA_FILE)."
+        "--ca-file",
+        help="PEM: the server's CA, or its own certificate to pin (FEDSEG_CA_FILE). "
+        "default: the system's CAs.",
     ),
 ]
 ClientCert = Annotated[
     Path | None,
     typer.Option(
-        "--tls-client-cert", help="PEM: this site's TLS certificate, if the server asks for one."
+        "--tls-client-cert",
+        help="PEM: this site's TLS certificate, if the server asks for one "
+        "(FEDSEG_TLS_CLIENT_CERT); default: none sent.",
     ),
 ]
 ClientKey = Annotated[
-    Path | None, typer.Option("--tls-client-key", help="PEM: the key of --tls-client-cert.")
+    Path | None,
+    typer.Option(
+        "--tls-client-key",
+        help="PEM: the key of --tls-client-cert (FEDSEG_TLS_CLIENT_KEY); default: none.",
+    ),
 ]
 
 

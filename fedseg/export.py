@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from shared import models
-from shared.bundle import OpenedBundle
+from shared.bundle import Bundle
 from shared.errors import InvalidInput
 
 SCHEMA: Final = (
@@ -54,7 +54,7 @@ class Provenance:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _network_def(opened: OpenedBundle) -> dict[str, Any]:
+def _network_def(opened: Bundle) -> dict[str, Any]:
     params = models.resolve_params(opened.manifest.model, opened.manifest.model_params)
     return {
         "_target_": "SegResNet",
@@ -68,7 +68,7 @@ def _network_def(opened: OpenedBundle) -> dict[str, Any]:
     }
 
 
-def inference_config(opened: OpenedBundle) -> dict[str, Any]:
+def inference_config(opened: Bundle) -> dict[str, Any]:
     """``configs/inference.json``: data, preprocessing, network, inferer, postprocessing, run."""
     to_brats = "$lambda x: (x[1:2] * 2).masked_fill(x[0:1] > 0, 1).masked_fill(x[2:3] > 0, 4)"
     case_images = "[sorted(glob.glob(os.path.join(c, '*_' + m + '.nii*')))[0] for m in @modalities]"
@@ -164,7 +164,7 @@ def _versions() -> dict[str, str]:
 
 
 def metadata(
-    opened: OpenedBundle, provenance: Provenance, bundle_sha256: str, torchscript: bool
+    opened: Bundle, provenance: Provenance, bundle_sha256: str, torchscript: bool
 ) -> dict[str, Any]:
     """``configs/metadata.json``: MONAI's required fields plus fedseg provenance."""
     manifest = opened.manifest
@@ -172,11 +172,11 @@ def metadata(
     factor = 2 ** (len(params.blocks_down) - 1)
     shape = [f"{factor}*n"] * 3
     versions = _versions()
-    version = f"1.0.{manifest.round}"
+    version = f"1.0.{manifest.version}"
     return {
         "schema": SCHEMA,
         "version": version,
-        "changelog": {version: f"fedseg run {manifest.run_id}, model version {manifest.round}"},
+        "changelog": {version: f"fedseg run {manifest.run_id}, model version {manifest.version}"},
         "monai_version": versions["monai_version"],
         "pytorch_version": versions["pytorch_version"],
         "numpy_version": versions["numpy_version"],
@@ -226,7 +226,7 @@ def metadata(
         "fedseg": {
             "run_id": manifest.run_id,
             "run_name": provenance.run_name,
-            "version": manifest.round,
+            "version": manifest.version,
             "rounds": provenance.rounds,
             "sites": provenance.sites,
             "privacy": provenance.privacy,
@@ -300,7 +300,7 @@ def _torchscript(network: Any, path: Path) -> bool:
 
 
 def export_monai_bundle(
-    opened: OpenedBundle, signed_tar: bytes, provenance: Provenance, out: Path
+    opened: Bundle, signed_tar: bytes, provenance: Provenance, out: Path
 ) -> dict[str, Any]:
     """Write the MONAI bundle to ``out`` (which must not exist yet); return its metadata."""
     import torch

@@ -84,7 +84,7 @@ def models_export(
                 raise InvalidInput(f"{source}: export needs the bundle as a tar file")
             provenance = Provenance(
                 run_id=opened.manifest.run_id,
-                version=opened.manifest.round,
+                version=opened.manifest.version,
                 server_fingerprint=crypto.fingerprint(key),
             )
         else:
@@ -98,7 +98,7 @@ def models_export(
             assert data is not None
             provenance = Provenance(
                 run_id=info.id,
-                version=opened.manifest.round,
+                version=opened.manifest.version,
                 run_name=info.name,
                 rounds=info.config.rounds,
                 sites=list(info.config.sites),

@@ -14,7 +14,7 @@ from typing import Final
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from shared import crypto
-from shared.bundle import OpenedBundle, open_bundle
+from shared.bundle import Bundle, open_bundle
 from shared.errors import BundleError, InvalidInput
 
 SIGNED_IN_EXPORT: Final = Path("models/fedseg-bundle.tar")
@@ -29,7 +29,7 @@ def signed_bundle_path(path: Path) -> Path:
     return path
 
 
-def open_model(path: Path, server_key: Ed25519PublicKey) -> tuple[OpenedBundle, bytes | None]:
+def open_model(path: Path, server_key: Ed25519PublicKey) -> tuple[Bundle, bytes | None]:
     """The verified bundle, and its tar bytes when it came as a tar (for re-export)."""
     source = signed_bundle_path(path)
     try:

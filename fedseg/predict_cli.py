@@ -94,7 +94,7 @@ def predict(
         raise typer.Exit(EXIT_USAGE) from None
     results = _run(inputs, network, out, target, roi, quiet=as_json)
     summary = {
-        "model": {"run_id": manifest.run_id, "version": manifest.round, "name": manifest.model},
+        "model": {"run_id": manifest.run_id, "version": manifest.version, "name": manifest.model},
         "weights_sha256": manifest.weights_sha256,
         "out": str(out),
         "cases": [result.as_dict() for result in results],
@@ -104,7 +104,7 @@ def predict(
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     else:
-        _print_table(results, manifest.run_id, manifest.round)
+        _print_table(results, manifest.run_id, manifest.version)
     if not results or not all(result.ok for result in results):
         raise typer.Exit(EXIT_SOME_FAILED)
 

@@ -205,7 +205,7 @@ def build_report(
                 "status": info.status,
                 "opened_at": info.opened_at.isoformat() if info.opened_at else None,
                 "closed_at": info.closed_at.isoformat() if info.closed_at else None,
-                "model_sha256": info.model_sha256,
+                "weights_sha256": info.weights_sha256,
                 "updates": sorted(
                     progress.site for progress in info.sites if progress.state == "uploaded"
                 ),

@@ -59,17 +59,23 @@ def serve(
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
     tls_cert: Annotated[
         Path | None,
-        typer.Option(envvar="FEDSEG_TLS_CERT", help="PEM certificate (chain): serve HTTPS"),
+        typer.Option(
+            envvar="FEDSEG_TLS_CERT",
+            help="PEM certificate (chain): serve HTTPS (default: plain HTTP)",
+        ),
     ] = None,
     tls_key: Annotated[
         Path | None,
-        typer.Option(envvar="FEDSEG_TLS_KEY", help="PEM private key of --tls-cert (mode 0600)"),
+        typer.Option(
+            envvar="FEDSEG_TLS_KEY", help="PEM private key of --tls-cert (mode 0600); default: none"
+        ),
     ] = None,
     tls_client_ca: Annotated[
         Path | None,
         typer.Option(
             envvar="FEDSEG_TLS_CLIENT_CA",
-            help="PEM CA: clients must present a certificate it issued (mutual TLS)",
+            help="PEM CA: clients must present a certificate it issued (mutual TLS); "
+            "default: no client certificates",
         ),
     ] = None,
     tls_client_cert_optional: Annotated[

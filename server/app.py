@@ -31,10 +31,11 @@ from server.services.audit import AuditService
 from server.services.auth import AuthService
 from server.services.container import Services
 from server.services.events import Notifier
+from server.services.intake import UpdateIntake, UploadLimits
 from server.services.keys import RoundKeys
 from server.services.operations import OperationsService
 from server.services.rotations import KeyRotations, check_rotations, load_rotations
-from server.services.rounds import Coordinator, UploadLimits
+from server.services.rounds import Coordinator
 from server.services.runs import RunService
 from server.services.sites import SiteService
 from server.services.tasks import TaskService
@@ -99,17 +100,26 @@ def create_app(settings: Settings) -> FastAPI:
             signing_key=signing_key,
             metrics=metrics,
             notifier=notifier,
-            limits=UploadLimits(
-                max_bytes=settings.max_update_bytes,
-                verify_concurrency=settings.verify_concurrency,
-                build_models_in_subprocess=settings.build_models_in_subprocess,
-            ),
+        )
+        limits = UploadLimits(
+            max_bytes=settings.max_update_bytes,
+            verify_concurrency=settings.verify_concurrency,
+            build_models_in_subprocess=settings.build_models_in_subprocess,
         )
         app.state.services = Services(
             auth=AuthService(db),
             sites=SiteService(db, signing_key.public_key()),
-            runs=RunService(db, blobs, coordinator),
+            runs=RunService(
+                db=db,
+                blobs=blobs,
+                coordinator=coordinator,
+                signing_key=signing_key,
+                build_models_in_subprocess=limits.build_models_in_subprocess,
+            ),
             coordinator=coordinator,
+            intake=UpdateIntake(
+                db=db, blobs=blobs, rounds=coordinator, metrics=metrics, limits=limits
+            ),
             tasks=TaskService(db, signing_key, notifier, settings.max_wait_s),
             operations=OperationsService(db, blobs),
             metrics=metrics,

@@ -53,7 +53,7 @@ _SIGNATURE_LINE = re.compile(rb"ed25519 ([0-9a-f]{64}) ([A-Za-z0-9+/]{86}==)\n")
 
 @dataclass(frozen=True, slots=True)
 class BundleFiles:
-    """The raw bytes of a bundle's three files."""
+    """The raw, unverified bytes of a bundle's three files (what is read, tarred or tampered)."""
 
     manifest: bytes
     weights: bytes
@@ -61,13 +61,42 @@ class BundleFiles:
 
 
 @dataclass(frozen=True, eq=False)
-class OpenedBundle:
-    """A bundle that passed every check: its manifest and its weights."""
+class Bundle:
+    """A signed model bundle: its manifest and its deterministic tar bytes, one copy.
+
+    The one bundle type: the server builds it (`make_bundle` then `bundle_tar`) and
+    serves ``data``; a site gets it from `open_bundle`, verified. ``sha256`` is the
+    tar's hash (the bundle's identity, ETag and blob key); the weights' own hash is
+    ``manifest.weights_sha256``.
+    """
 
     manifest: BundleManifest
-    weights: bytes
-    arrays: Arrays
-    """Read-only numpy views of ``weights``, checked against the manifest."""
+    data: bytes
+
+    @property
+    def run_id(self) -> str:
+        """The run this bundle belongs to."""
+        return self.manifest.run_id
+
+    @property
+    def version(self) -> int:
+        """The model version: 0 is the initial model, n closes round n."""
+        return self.manifest.version
+
+    @cached_property
+    def sha256(self) -> str:
+        """The sha256 of the tar bytes (hashed once, on first use)."""
+        return hashlib.sha256(self.data).hexdigest()
+
+    @cached_property
+    def weights(self) -> memoryview:
+        """The safetensors bytes of the weights: a view into ``data``, no copy."""
+        return tar_member(self.data, WEIGHTS)
+
+    @cached_property
+    def arrays(self) -> Arrays:
+        """Read-only numpy views of the weights."""
+        return from_safetensors(self.weights)
 
     @cached_property
     def tensors(self) -> Tensors:
@@ -77,10 +106,22 @@ class OpenedBundle:
         return from_arrays(self.arrays)
 
 
+def tar_member(data: bytes, name: str) -> memoryview:
+    """A view of one member of a bundle tar, without a copy."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            member = tar.getmember(name)
+    except KeyError:
+        raise BundleError(f"bundle has no {name}") from None
+    except (tarfile.TarError, EOFError, OSError, UnicodeDecodeError) as exc:
+        raise BundleError(f"bundle is not a readable tar: {exc}") from None
+    return memoryview(data)[member.offset_data : member.offset_data + member.size]
+
+
 def make_bundle(
     *,
     run_id: str,
-    round_number: int,
+    version: int,
     model: str,
     model_params: Mapping[str, Any],
     weights: bytes,
@@ -100,7 +141,7 @@ def make_bundle(
     public_key = signing_key.public_key()
     manifest = BundleManifest(
         run_id=run_id,
-        round=round_number,
+        version=version,
         model=model,
         model_params=dict(model_params),
         tensors=spec,
@@ -261,16 +302,19 @@ def verify_bundle_files(
     return manifest
 
 
-def open_bundle(source: Path | bytes, trusted_keys: Mapping[str, Ed25519PublicKey]) -> OpenedBundle:
+def open_bundle(source: Path | bytes, trusted_keys: Mapping[str, Ed25519PublicKey]) -> Bundle:
     """Verify a bundle completely, then view its weights. Raises `BundleError`.
 
     ``.arrays`` are numpy views of the weights; ``.tensors`` converts them to torch.
+    A directory is re-packed as the same deterministic tar the server serves.
     """
-    files = read_bundle_files(source)
+    data = source.read_bytes() if isinstance(source, Path) and not source.is_dir() else source
+    files = read_bundle_files(data)
     manifest = verify_bundle_files(files, trusted_keys)
+    bundle = Bundle(manifest=manifest, data=data if isinstance(data, bytes) else bundle_tar(files))
+    del files
     try:
-        views = from_safetensors(files.weights)
-        validate_arrays(views, manifest.tensors)
+        validate_arrays(bundle.arrays, manifest.tensors)
     except FedsegError as exc:
         raise BundleError(f"bundle weights disagree with the manifest: {exc.message}") from None
-    return OpenedBundle(manifest=manifest, weights=files.weights, arrays=views)
+    return bundle

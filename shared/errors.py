@@ -3,7 +3,10 @@
 Services raise a `FedsegError` subclass with a stable string ``code``; the server
 translates it once, at the edge, into ``application/problem+json`` with that code,
 and the client maps a problem body back to the same class with `error_for_code`.
-The ``http_status`` class attribute is the status the server answers with.
+The ``http_status`` class attribute is the status the server answers with. An
+answer without a code (a proxy's 502, a framework's 405) gets one from its status
+through `code_for_status`: the one status table, used by the server's problem
+handler, the site's transport and the admin client alike (`error_from_answer`).
 
 Tree (the HTTP status in brackets)::
 
@@ -13,7 +16,7 @@ Tree (the HTTP status in brackets)::
     │   └── Forbidden [403]         forbidden, wrong_site
     ├── NotFound [404]              not_found, unknown_run, unknown_site, unknown_round
     ├── Conflict [409]              conflict, round_not_open, round_closed, update_conflict,
-    │                               stale_round, site_exists, run_state,
+    │                               stale_round, site_exists, run_state, round_state,
     │                               secagg_threshold, secagg_refused
     ├── PayloadTooLarge [413]       payload_too_large
     ├── RateLimited [429]           rate_limited
@@ -29,7 +32,8 @@ Tree (the HTTP status in brackets)::
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import ClassVar, Final
 
 
 class FedsegError(Exception):
@@ -101,6 +105,7 @@ class Conflict(FedsegError):
         "stale_round",
         "site_exists",
         "run_state",
+        "round_state",
         "secagg_threshold",  # too few survivors hold shares to unmask a round's sum
         "secagg_refused",  # a site refuses an unmask request that would reveal one input
     )
@@ -201,7 +206,50 @@ ERROR_CLASSES: tuple[type[FedsegError], ...] = (
 _BY_CODE: dict[str, type[FedsegError]] = {code: cls for cls in ERROR_CLASSES for code in cls.codes}
 
 
-def error_for_code(code: str, message: str) -> FedsegError:
-    """Rebuild the error a problem body describes; unknown codes become `FedsegError`."""
-    cls = _BY_CODE.get(code, FedsegError)
+CODE_FOR_STATUS: Final[Mapping[int, str]] = {
+    400: "invalid_input",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "invalid_input",
+    409: "conflict",
+    413: "payload_too_large",
+    422: "invalid_input",
+    429: "rate_limited",
+    500: "internal",
+    502: "unavailable",
+    503: "unavailable",
+    504: "unavailable",
+}
+"""The code of an HTTP answer that carries none; 429 and gateway errors are transient."""
+
+
+def code_for_status(status: int) -> str:
+    """The stable code for an HTTP status (`CODE_FOR_STATUS`, else by its class)."""
+    if status in CODE_FOR_STATUS:
+        return CODE_FOR_STATUS[status]
+    return "internal" if status >= 500 else "invalid_input"
+
+
+def error_for_code(code: str, message: str, *, status: int | None = None) -> FedsegError:
+    """Rebuild the error a problem body describes.
+
+    An unknown code (from a newer server) keeps its code and takes the class of its
+    HTTP ``status`` when one is given, else `FedsegError`.
+    """
+    cls = _BY_CODE.get(code)
+    if cls is None:
+        cls = _BY_CODE.get(code_for_status(status), FedsegError) if status else FedsegError
     return cls(message, code=code)
+
+
+def error_from_answer(status: int, body: object, reason: str) -> FedsegError:
+    """The error a failed HTTP answer stands for: its problem ``code``, else its status.
+
+    ``body`` is the answer's parsed JSON (anything, or None); ``reason`` is the
+    message to use when the body has no ``detail``.
+    """
+    if isinstance(body, dict) and isinstance(body.get("code"), str):
+        detail = body.get("detail") or body.get("title") or reason
+        return error_for_code(body["code"], str(detail), status=status)
+    return error_for_code(code_for_status(status), reason, status=status)

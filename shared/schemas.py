@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.secagg.config import SecureAggregationConfig, check_available, check_run
 
-FORMAT_VERSION: Literal[1] = 1
+FORMAT_VERSION: Literal[2] = 2
+"""The version of the formats that cross the wire: bundle manifests, update headers, tasks."""
 
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]*$")]
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -84,9 +86,9 @@ class TensorSpec(WireModel):
 class BundleManifest(WireModel):
     """What a signed model bundle holds. Data only: no class paths, no code."""
 
-    format_version: Literal[1] = 1
+    format_version: Literal[2] = 2
     run_id: str = Field(min_length=1, max_length=64)
-    round: RoundNumber
+    version: RoundNumber
     model: str = Field(min_length=1, max_length=64)
     model_params: dict[str, Any] = Field(default_factory=dict)
     tensors: list[TensorSpec]
@@ -159,8 +161,29 @@ class RunConfig(WireModel):
         return self.min_sites or len(self.sites)
 
 
-RunStatus = Literal["created", "running", "completed", "failed", "cancelled"]
-RoundState = Literal["created", "open", "aggregating", "closed", "failed", "cancelled"]
+class RunStatus(StrEnum):
+    """Where a run is; the server's transition table says which moves are allowed."""
+
+    CREATED = "created"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    """A site's privacy budget is spent: the run stops with the model it has."""
+
+
+class RoundStatus(StrEnum):
+    """Where a round is; ``aggregating`` while the server signs the consensus."""
+
+    CREATED = "created"
+    OPEN = "open"
+    AGGREGATING = "aggregating"
+    CLOSED = "closed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
 SiteState = Literal[
     "waiting",
     "downloading",
@@ -210,20 +233,20 @@ class RoundInfo(WireModel):
 
     run_id: str
     round: RoundNumber
-    status: RoundState
+    status: RoundStatus
     opened_at: datetime | None
     deadline: datetime | None
     closed_at: datetime | None
-    model_sha256: str | None
+    weights_sha256: str | None
     sites: list[SiteProgress] = Field(default_factory=list)
 
 
 class ModelVersion(WireModel):
-    """A consensus model the server signed: the bundle of ``round``."""
+    """A model the server signed: version 0 is the initial model, version n closes round n."""
 
     run_id: str
-    round: RoundNumber
-    sha256: Sha256Hex
+    version: RoundNumber
+    weights_sha256: Sha256Hex
     created_at: datetime
 
 
@@ -294,12 +317,13 @@ class EnrollResponse(WireModel):
 class Task(WireModel):
     """A round's work order for one site; signed by the server as `SignedTask`."""
 
+    format_version: Literal[2] = 2
     run_id: str
     round: RoundNumber
     site: str
     model: str
     model_params: dict[str, Any] = Field(default_factory=dict)
-    model_sha256: Sha256Hex
+    weights_sha256: Sha256Hex
     bundle_path: str
     upload_path: str
     round_public_key: Base64
@@ -341,11 +365,11 @@ class StatusReport(WireModel):
 class UpdateHeader(WireModel):
     """The clear-text header of a sealed update, bound to its ciphertext as AEAD data."""
 
-    format_version: Literal[1] = 1
+    format_version: Literal[2] = 2
     run_id: RunId
     round: RoundNumber
     site: Name
-    base_model_sha256: Sha256Hex
+    base_weights_sha256: Sha256Hex
     kind: Literal["delta"] = "delta"
     num_samples: int
     metrics: Metrics = Field(default_factory=dict)

@@ -12,10 +12,11 @@ signature before it decrypts anything, and decrypts before it parses any tensor.
 
 from __future__ import annotations
 
+import io
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, BinaryIO, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -35,6 +36,16 @@ UPDATE_CONTEXT: Final = b"fedseg/update/v1"
 MAX_HEADER_SIZE: Final = 64 * 1024
 _PREFIX = struct.Struct(">8sI")
 PREFIX_SIZE: Final = _PREFIX.size
+
+
+@dataclass(frozen=True, slots=True)
+class EnvelopeHeader:
+    """The clear-text front of an envelope and where its sealed payload lies."""
+
+    header: UpdateHeader
+    header_bytes: bytes
+    payload_offset: int
+    payload_length: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,16 +124,46 @@ def parse_header(header_bytes: bytes) -> UpdateHeader:
     return header
 
 
-def parse_envelope(data: bytes) -> UpdateEnvelope:
-    """Split an envelope into its parts and parse the header; verifies nothing yet."""
-    header_end = PREFIX_SIZE + check_prefix(data, len(data))
-    header_bytes = data[PREFIX_SIZE:header_end]
+def read_envelope_header(handle: BinaryIO, size: int) -> EnvelopeHeader:
+    """The one envelope reader: prefix and header of ``size`` bytes at ``handle``'s start.
+
+    Reads at most `PREFIX_SIZE` + `MAX_HEADER_SIZE` bytes and verifies nothing yet;
+    the server reads streamed bodies and stored blobs with it, `parse_envelope` bytes.
+    """
+    header_length = check_prefix(handle.read(PREFIX_SIZE), size)
+    header_bytes = handle.read(header_length)
     header = parse_header(header_bytes)
-    body_end = len(data) - crypto.SIGNATURE_SIZE
-    return UpdateEnvelope(
+    payload_offset = PREFIX_SIZE + header_length
+    return EnvelopeHeader(
         header=header,
         header_bytes=header_bytes,
-        sealed=data[header_end:body_end],
+        payload_offset=payload_offset,
+        payload_length=size - payload_offset - crypto.SIGNATURE_SIZE,
+    )
+
+
+def unseal_envelope(
+    handle: BinaryIO, envelope: EnvelopeHeader, round_key: X25519PrivateKey
+) -> bytearray:
+    """Decrypt the payload at ``handle`` chunk by chunk into one buffer (safetensors bytes)."""
+    handle.seek(envelope.payload_offset)
+    return crypto.unseal_stream(
+        round_key,
+        handle.read,
+        envelope.payload_length,
+        envelope.header_bytes,
+        context=UPDATE_CONTEXT,
+    )
+
+
+def parse_envelope(data: bytes) -> UpdateEnvelope:
+    """Split an envelope into its parts and parse the header; verifies nothing yet."""
+    front = read_envelope_header(io.BytesIO(data), len(data))
+    body_end = len(data) - crypto.SIGNATURE_SIZE
+    return UpdateEnvelope(
+        header=front.header,
+        header_bytes=front.header_bytes,
+        sealed=data[front.payload_offset : body_end],
         signature=data[body_end:],
         digest=crypto.sha256(data[:body_end]),
     )

@@ -13,21 +13,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
 from server.api.paths import allowed_methods
-from shared.errors import FedsegError
+from shared.errors import FedsegError, code_for_status
 from shared.routes import PROBLEM_CONTENT_TYPE
 from shared.schemas import Problem
 
 log = logging.getLogger(__name__)
-
-_CODES_BY_STATUS = {
-    401: "unauthenticated",
-    403: "forbidden",
-    404: "not_found",
-    409: "conflict",
-    413: "payload_too_large",
-    429: "rate_limited",
-    503: "unavailable",
-}
 
 
 _PUBLIC_5XX = {
@@ -102,7 +92,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
-    code = _CODES_BY_STATUS.get(status, "internal" if status >= 500 else "invalid_input")
+    code = code_for_status(status)
     note_refusal(request, status, code)
     headers = dict(exc.headers or {})
     if status == 405:

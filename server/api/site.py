@@ -15,8 +15,8 @@ from server.api.deps import (
 )
 from server.api.openapi import problems
 from server.api.ranges import parse_range
-from server.services.publishing import Bundle
 from shared import routes
+from shared.bundle import Bundle
 from shared.errors import InvalidInput, PayloadTooLarge
 from shared.schemas import EnrollRequest, EnrollResponse, StatusReport, TaskPoll, UpdateReceipt
 
@@ -83,7 +83,7 @@ async def upload_update(
         raise InvalidInput("Content-Length must be a number")
     if declared is not None and len(declared.lstrip("0")) > 18:  # never int() of 5000 digits
         raise PayloadTooLarge("the declared body is larger than the server accepts")
-    return await services.coordinator.accept_update(
+    return await services.intake.accept_update(
         principal,
         run_id,
         round,
@@ -124,7 +124,7 @@ async def download_bundle(
 def _bundle_response(
     bundle: Bundle, range_header: str | None, if_none_match: str | None, if_range: str | None
 ) -> Response:
-    etag = f'"{bundle.key}"'
+    etag = f'"{bundle.sha256}"'
     headers = {
         "ETag": etag,
         "Accept-Ranges": "bytes",

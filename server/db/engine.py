@@ -6,12 +6,16 @@ with "database is locked" on a lock upgrade. Inside the process they queue on an
 asyncio lock, in arrival order, before they BEGIN: SQLite's busy handler polls with
 sleeps of up to 100 ms, so a transaction left to it can wait several of them while
 others overtake it (the busy timeout still covers other processes, such as the
-CLI). PostgreSQL is used as is.
+CLI). Reads that write nothing (authentication, the prechecks of an upload) use
+`Database.read`: a deferred transaction on a second pool that takes neither the
+lock nor SQLite's write lock, so they never queue behind commits (WAL readers see
+the last committed state). PostgreSQL is used as is.
+
 A transaction that appended audit events seals them into the hash chain: on SQLite
 before it commits (it is the only writer anyway), on PostgreSQL right after, in a
 short background transaction of its own, so the chain's lock is never held while
 a transaction takes other row locks (no deadlocks) and no response waits for it;
-see `Repository.seal_audit`.
+see `Repository.seal_audit`. A `read` never commits, so nothing is audited in one.
 Migrations run with a synchronous driver of the same database.
 """
 
@@ -74,12 +78,17 @@ def _sqlite_begin(connection: Any) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def make_engine(url: str) -> AsyncEngine:
-    """An async engine with the per-dialect settings above."""
+def _sqlite_begin_read(connection: Any) -> None:
+    connection.exec_driver_sql("BEGIN DEFERRED")
+
+
+def make_engine(url: str, *, read_only: bool = False) -> AsyncEngine:
+    """An async engine with the per-dialect settings above (``read_only``: deferred BEGIN)."""
     engine = create_async_engine(url, pool_pre_ping=url.startswith("postgresql"))
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_connect)
-        event.listen(engine.sync_engine, "begin", _sqlite_begin)
+        begin = _sqlite_begin_read if read_only else _sqlite_begin
+        event.listen(engine.sync_engine, "begin", begin)
     return engine
 
 
@@ -92,6 +101,13 @@ class Database:
         self._writer = asyncio.Lock() if engine.dialect.name == "sqlite" else None
         self._sealer: asyncio.Task[None] | None = None
         self._seal_again = False
+        self._reader: AsyncEngine | None = None
+        self._read_sessions = self._sessions
+        if self._writer is not None:
+            self._reader = make_engine(
+                engine.url.render_as_string(hide_password=False), read_only=True
+            )
+            self._read_sessions = async_sessionmaker(self._reader, expire_on_commit=False)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Repository]:
@@ -149,6 +165,19 @@ class Database:
         except Exception:
             log.exception("sealing the audit chain failed; it is retried on the next append")
 
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[Repository]:
+        """A transaction that only reads: it does not wait for writers, nor they for it.
+
+        Anything written in it is rolled back, never committed. It may run inside a
+        `transaction` (it is another connection), but sees only committed rows. Rows
+        loaded in it stay readable afterwards (detached, not expired).
+        """
+        async with self._read_sessions() as session:
+            # closing (not rolling back) keeps what was loaded readable; the pool rolls
+            # the connection back when it takes it back
+            yield Repository(session)
+
     async def ping(self) -> None:
         """Raise unless the database answers a trivial query."""
         async with self.engine.connect() as connection:
@@ -159,6 +188,8 @@ class Database:
         if self._sealer is not None:
             await self._sealer
         await self.engine.dispose()
+        if self._reader is not None:
+            await self._reader.dispose()
 
 
 __all__ = ["Database", "make_engine", "migrate", "sync_url"]

@@ -117,7 +117,7 @@ class RunSiteRow(Base):
 
 
 class RoundRow(Base):
-    """One round of a run; ``model_sha256`` is the weights hash of the model it trains from."""
+    """One round of a run; ``weights_sha256`` is the weights hash of the model it trains from."""
 
     __tablename__ = "rounds"
     __table_args__ = (UniqueConstraint("run_id", "number"),)
@@ -129,7 +129,7 @@ class RoundRow(Base):
     opened_at: Mapped[datetime | None]
     deadline: Mapped[datetime | None]
     closed_at: Mapped[datetime | None]
-    model_sha256: Mapped[str | None] = mapped_column(String(64))
+    weights_sha256: Mapped[str | None] = mapped_column(String(64))
     public_key: Mapped[str | None] = mapped_column(String(64))
 
 
@@ -170,7 +170,7 @@ class ModelVersionRow(Base):
 
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
     version: Mapped[int] = mapped_column(Integer, primary_key=True)
-    sha256: Mapped[str] = mapped_column(String(64))
+    weights_sha256: Mapped[str] = mapped_column(String(64))
     bundle: Mapped[str] = mapped_column(String(64))
     bundle_size: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime]

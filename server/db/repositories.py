@@ -422,7 +422,10 @@ def run_info(row: RunRow) -> RunInfo:
 def model_version_info(row: ModelVersionRow) -> ModelVersion:
     """A model version on the wire."""
     return ModelVersion(
-        run_id=row.run_id, round=row.version, sha256=row.sha256, created_at=row.created_at
+        run_id=row.run_id,
+        version=row.version,
+        weights_sha256=row.weights_sha256,
+        created_at=row.created_at,
     )
 
 

@@ -51,14 +51,11 @@ class Accumulator:
         }
         self.total_weight = 0.0
         self.count = 0
-        self._spent = False
 
     def add(self, change: Mapping[str, Array], weight: float) -> None:
         """Add ``weight * change``; ``change`` must have exactly the spec's names and shapes."""
         if set(change) != set(self._sums):
             raise TensorError("update tensors differ from the round's model")
-        if self._spent:
-            raise RuntimeError("this accumulator has already produced its consensus")
         if weight < 0:
             raise TensorError("weights cannot be negative", code="bad_num_samples")
         for name, total in self._sums.items():
@@ -81,28 +78,25 @@ class Accumulator:
         return {name: total * scale for name, total in self._sums.items()}
 
     def consensus(self, base: Mapping[str, Array]) -> Arrays:
-        """``base + mean`` in the base arrays' dtypes; ``base`` is only read.
+        """``base + mean`` in the base arrays' dtypes; ``base`` and the sum are only read.
 
-        The sums' memory is reused for the result, so the accumulator is spent
-        afterwards: no second model-sized buffer is needed to close a round.
+        Each tensor of the result is one new buffer (the model's size in all); the sum
+        is kept, so a close that fails after this can compute the consensus again.
         """
         if set(base) != set(self._sums):
             raise TensorError("base model and round disagree on tensor names")
-        if self._spent:
-            raise RuntimeError("this accumulator has already produced its consensus")
-        self._spent = True
         scale = 1.0 / self.total_weight if self.total_weight > 0 else 0.0
         out: Arrays = {}
         for name, total in self._sums.items():
             array = base[name]
-            np.multiply(total, scale, out=total)
+            mean = np.multiply(total, scale)
             if array.dtype == BFLOAT16:
-                np.add(total, bfloat16_to_float32(array), out=total)
-                out[name] = float32_to_bfloat16(total)
+                np.add(mean, bfloat16_to_float32(array), out=mean)
+                out[name] = float32_to_bfloat16(mean)
             elif array.dtype.kind == "f":
-                np.add(total, array, out=total, dtype=np.float32)
-                out[name] = total if array.dtype == total.dtype else total.astype(array.dtype)
+                np.add(mean, array, out=mean, dtype=np.float32)
+                out[name] = mean if array.dtype == mean.dtype else mean.astype(array.dtype)
             else:
-                np.rint(total, out=total)
-                out[name] = array + total.astype(array.dtype)
+                np.rint(mean, out=mean)
+                out[name] = array + mean.astype(array.dtype)
         return out

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from server.metrics import Metrics
 from server.services.audit import AuditService
 from server.services.auth import AuthService
+from server.services.intake import UpdateIntake
 from server.services.operations import OperationsService
 from server.services.rotations import KeyRotations
 from server.services.rounds import Coordinator
@@ -24,6 +25,7 @@ class Services:
     sites: SiteService
     runs: RunService
     coordinator: Coordinator
+    intake: UpdateIntake
     tasks: TaskService
     operations: OperationsService
     metrics: Metrics

@@ -1,12 +1,13 @@
 """Receiving and opening sealed updates without holding more than one plaintext copy.
 
-The body is streamed to a temp file and hashed once on the way, in a worker
-thread: the sha256 of all but the trailing 64-byte signature (the digest the site
-signed) and, from the same running state, the sha256 of every byte (the update's
-identity and blob key). Opening then reads the header,
+`peek_header` parses the clear-text header from the front of the stream, so
+intake checks it before the body is stored. The body is then streamed to a temp
+file and hashed once on the way, in a worker thread: the sha256 of all but the
+trailing 64-byte signature (the digest the site signed) and, from the same running
+state, the sha256 of every byte (the update's identity and blob key). Opening then
+reads the envelope with `shared.updates.read_envelope_header` (the one reader),
 checks the signature against that digest, decrypts chunk by chunk into one buffer,
 and `shared.arrays.from_safetensors` views arrays over it with no further copy.
-Checks run in the order of `shared.updates.open_update`.
 """
 
 from __future__ import annotations
@@ -20,12 +21,11 @@ from pathlib import Path
 from typing import BinaryIO, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from shared import crypto
 from shared.errors import IntegrityError, PayloadTooLarge
 from shared.schemas import UpdateHeader
-from shared.updates import PREFIX_SIZE, UPDATE_CONTEXT, check_prefix, parse_header
+from shared.updates import PREFIX_SIZE, check_prefix, parse_header
 
 _BATCH_BYTES: Final = 1 << 20
 
@@ -131,43 +131,35 @@ class _Sink:
         os.fsync(self.handle.fileno())
 
 
-@dataclass(frozen=True, slots=True)
-class EnvelopeHeader:
-    """The clear-text part of an envelope and where its sealed payload lies."""
+async def peek_header(
+    chunks: AsyncIterator[bytes], *, declared: int | None, limit: int
+) -> tuple[UpdateHeader, AsyncIterator[bytes]]:
+    """The envelope header at the front of a streamed body, and the whole body again.
 
-    header: UpdateHeader
-    header_bytes: bytes
-    payload_offset: int
-    payload_length: int
+    Reads only until the prefix and header are in (at most about 64 KiB more than
+    one chunk); the returned iterator yields those bytes first, then the rest.
+    """
+    stream = aiter(chunks)
+    front = bytearray()
+    needed = PREFIX_SIZE
+    size_hint = declared if declared is not None else limit
+    while len(front) < needed:
+        chunk = await anext(stream, None)
+        if chunk is None:
+            raise IntegrityError("update envelope is truncated", code="truncated")
+        front += chunk
+        if needed == PREFIX_SIZE and len(front) >= PREFIX_SIZE:
+            needed += check_prefix(bytes(front[:PREFIX_SIZE]), max(size_hint, len(front)))
+    header = parse_header(bytes(front[PREFIX_SIZE:needed]))
 
+    async def body() -> AsyncIterator[bytes]:
+        yield bytes(front)
+        async for chunk in stream:
+            yield chunk
 
-def read_header(body: ReceivedBody) -> EnvelopeHeader:
-    """Parse the envelope prefix and header; verifies nothing yet."""
-    with body.path.open("rb") as handle:
-        payload_offset = PREFIX_SIZE + check_prefix(handle.read(PREFIX_SIZE), body.size)
-        header_bytes = handle.read(payload_offset - PREFIX_SIZE)
-    header = parse_header(header_bytes)
-    return EnvelopeHeader(
-        header=header,
-        header_bytes=header_bytes,
-        payload_offset=payload_offset,
-        payload_length=body.size - payload_offset - crypto.SIGNATURE_SIZE,
-    )
+    return header, body()
 
 
 def verify_signature(body: ReceivedBody, site_key: Ed25519PublicKey) -> None:
     """The site's Ed25519 signature over the digest of everything before it."""
     crypto.verify(site_key, body.signature, body.digest)
-
-
-def open_payload(path: Path, envelope: EnvelopeHeader, round_key: X25519PrivateKey) -> bytearray:
-    """Decrypt the sealed payload into one buffer (safetensors bytes)."""
-    with path.open("rb") as handle:
-        handle.seek(envelope.payload_offset)
-        return crypto.unseal_stream(
-            round_key,
-            handle.read,
-            envelope.payload_length,
-            envelope.header_bytes,
-            context=UPDATE_CONTEXT,
-        )

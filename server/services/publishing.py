@@ -9,30 +9,17 @@ reading a file per request.
 
 from __future__ import annotations
 
-import hashlib
-import io
-import tarfile
-from dataclasses import dataclass
 from typing import Any
 
+from anyio import to_thread
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from server.db.engine import Database
+from server.storage import BlobStore
 from shared import models
-from shared.arrays import Arrays, from_safetensors
-from shared.bundle import MANIFEST, WEIGHTS, bundle_tar, make_bundle
-from shared.errors import BundleError
+from shared.bundle import MANIFEST, Bundle, bundle_tar, make_bundle, tar_member
+from shared.errors import NotFound, Unavailable
 from shared.schemas import BundleManifest, RunConfig
-
-
-@dataclass(frozen=True, slots=True)
-class Bundle:
-    """A signed bundle as served: tar bytes, its blob key (sha256) and its manifest."""
-
-    run_id: str
-    version: int
-    manifest: BundleManifest
-    data: bytes
-    key: str
 
 
 def build_bundle(
@@ -46,7 +33,7 @@ def build_bundle(
     """Sign ``weights`` (safetensors bytes) once as model version ``version``."""
     manifest, files = make_bundle(
         run_id=run_id,
-        round_number=version,
+        version=version,
         model=config.model,
         model_params=config.model_params,
         weights=weights,
@@ -54,39 +41,38 @@ def build_bundle(
     )
     data = bundle_tar(files)
     del files
-    return _bundle(run_id=run_id, version=version, manifest=manifest, data=data)
+    return _hashed(Bundle(manifest=manifest, data=data))
 
 
-def bundle_from_bytes(run_id: str, version: int, data: bytes) -> Bundle:
+def stored_bundle(data: bytes) -> Bundle:
     """Re-read one of our own stored bundles (its manifest only; trusted storage)."""
-    manifest_bytes = _member(data, MANIFEST)
-    manifest = BundleManifest.model_validate_json(bytes(manifest_bytes))
-    return _bundle(run_id=run_id, version=version, manifest=manifest, data=data)
+    manifest = BundleManifest.model_validate_json(bytes(tar_member(data, MANIFEST)))
+    return _hashed(Bundle(manifest=manifest, data=data))
 
 
-def _bundle(*, run_id: str, version: int, manifest: BundleManifest, data: bytes) -> Bundle:
-    """A `Bundle` of ``data``, keyed by its sha256 (hashed here, once)."""
-    return Bundle(
-        run_id=run_id,
-        version=version,
-        manifest=manifest,
-        data=data,
-        key=hashlib.sha256(data).hexdigest(),
-    )
+async def read_bundle(blobs: BlobStore, key: str, *, run_id: str, version: int) -> Bundle:
+    """A stored bundle by its blob key; `Unavailable` when storage lost it."""
+    try:
+        data = await to_thread.run_sync(blobs.get_bytes, key)
+    except FileNotFoundError:
+        raise Unavailable(f"bundle of {run_id} v{version} is missing from storage") from None
+    return await to_thread.run_sync(stored_bundle, data)
 
 
-def weights_view(bundle: Bundle) -> Arrays:
-    """Read-only arrays viewing the bundle's weights, without a copy."""
-    return from_safetensors(_member(bundle.data, WEIGHTS))
+async def load_bundle(db: Database, blobs: BlobStore, run_id: str, version: int) -> Bundle:
+    """Model version ``version`` of a run from storage; `NotFound` when there is none."""
+    async with db.read() as repo:
+        row = await repo.model_version(run_id, version)
+        key = None if row is None else row.bundle
+    if key is None:
+        raise NotFound(f"run {run_id} has no model version {version}")
+    return await read_bundle(blobs, key, run_id=run_id, version=version)
 
 
-def _member(data: bytes, name: str) -> memoryview:
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-        try:
-            member = tar.getmember(name)
-        except KeyError:
-            raise BundleError(f"stored bundle has no {name}") from None
-        return memoryview(data)[member.offset_data : member.offset_data + member.size]
+def _hashed(bundle: Bundle) -> Bundle:
+    """Hash the tar here, once, off the event loop (callers run in a worker thread)."""
+    _ = bundle.sha256
+    return bundle
 
 
 def initial_weights(config: RunConfig) -> bytes:

@@ -1,20 +1,37 @@
-"""Runs as the admin sees them: create, list, read, rounds with per-site progress, models."""
+"""Runs as the admin sees them: create, start, stop, list, read, rounds, models.
+
+Starting signs model version 0 and hands the run to the `Coordinator`, which owns
+its rounds from then on; stopping asks the coordinator to cancel the live round.
+Start and stop are serialised with each other (one lifecycle lock).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 
 from anyio import to_thread
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from server.db.engine import Database
 from server.db.models import RunRow
-from server.db.repositories import model_version_info, run_info
+from server.db.repositories import model_version_info, run_config, run_info
 from server.services.auth import Principal, now
-from server.services.publishing import Bundle, bundle_from_bytes, check_model
+from server.services.model_worker import build_in_worker
+from server.services.publishing import build_bundle, check_model, initial_weights, read_bundle
 from server.services.rounds import Coordinator, find_run
 from server.storage import BlobStore
-from shared.errors import Conflict, Forbidden, NotFound, Unavailable
-from shared.schemas import ModelVersion, RoundInfo, RunCreate, RunInfo, SiteProgress
+from shared.bundle import Bundle
+from shared.errors import Conflict, Forbidden, NotFound
+from shared.schemas import (
+    ModelVersion,
+    RoundInfo,
+    RunConfig,
+    RunCreate,
+    RunInfo,
+    RunStatus,
+    SiteProgress,
+)
 
 
 class RunService:
@@ -22,13 +39,19 @@ class RunService:
 
     def __init__(
         self,
+        *,
         db: Database,
         blobs: BlobStore,
         coordinator: Coordinator,
+        signing_key: Ed25519PrivateKey,
+        build_models_in_subprocess: bool = False,
     ) -> None:
         self._db = db
         self._blobs = blobs
         self._coordinator = coordinator
+        self._signing_key = signing_key
+        self._in_subprocess = build_models_in_subprocess
+        self._lifecycle = asyncio.Lock()
 
     async def create(self, request: RunCreate, actor: Principal) -> RunInfo:
         """Validate the configuration and register the run (status created)."""
@@ -50,7 +73,7 @@ class RunService:
             row = RunRow(
                 id=run_id,
                 name=request.name,
-                status="created",
+                status=RunStatus.CREATED.value,
                 config=config.model_dump(mode="json"),
                 created_at=moment,
             )
@@ -68,29 +91,70 @@ class RunService:
     async def list_runs(self, actor: Principal) -> list[RunInfo]:
         """Every run."""
         actor.require_reader()
-        async with self._db.transaction() as repo:
+        async with self._db.read() as repo:
             return [run_info(row) for row in await repo.list_runs()]
 
     async def get(self, run_id: str, actor: Principal) -> RunInfo:
         """One run."""
         actor.require_reader()
-        async with self._db.transaction() as repo:
+        async with self._db.read() as repo:
             return run_info(await find_run(repo, run_id))
 
     async def start(self, run_id: str, actor: Principal) -> RunInfo:
         """Start a created run: version 0 is signed and round 1 opens."""
-        await self._coordinator.start_run(run_id, actor)
+        actor.require_admin()
+        async with self._lifecycle:
+            async with self._db.read() as repo:
+                run = await find_run(repo, run_id)
+                if run.status != RunStatus.CREATED:
+                    raise Conflict(f"run {run_id} is {run.status}, not created", code="run_state")
+                config = run_config(run)
+                revoked = [
+                    site.name for site in await repo.run_sites(run_id) if site.status == "revoked"
+                ]
+            if revoked:
+                raise Conflict(f"sites {', '.join(revoked)} are revoked", code="run_state")
+            bundle = await self._initial_bundle(run_id, config)
+            await to_thread.run_sync(self._blobs.put_bytes, bundle.data, bundle.sha256)
+            await self._coordinator.begin_run(run_id, bundle, actor.actor)
         return await self.get(run_id, actor)
 
     async def stop(self, run_id: str, actor: Principal) -> RunInfo:
-        """Cancel a run."""
-        await self._coordinator.stop_run(run_id, actor)
+        """Cancel a created or running run and its open round."""
+        actor.require_admin()
+        async with self._lifecycle:
+            async with self._db.read() as repo:
+                run = await find_run(repo, run_id)
+                if run.status not in (RunStatus.CREATED, RunStatus.RUNNING):
+                    raise Conflict(f"run {run_id} is already {run.status}", code="run_state")
+            await self._coordinator.cancel_run(run_id, actor.actor)
         return await self.get(run_id, actor)
+
+    async def _initial_bundle(self, run_id: str, config: RunConfig) -> Bundle:
+        """Round-0 weights, built in a child process when so configured, then signed."""
+        if self._in_subprocess:
+            temp = self._blobs.new_temp_path()
+            try:
+                await build_in_worker(config, temp)
+                weights = await to_thread.run_sync(temp.read_bytes)
+            finally:
+                temp.unlink(missing_ok=True)
+        else:
+            weights = await to_thread.run_sync(initial_weights, config)
+        return await to_thread.run_sync(
+            lambda: build_bundle(
+                run_id=run_id,
+                version=0,
+                config=config,
+                weights=weights,
+                signing_key=self._signing_key,
+            )
+        )
 
     async def rounds(self, run_id: str, actor: Principal) -> list[RoundInfo]:
         """Every round of a run, with per-site progress."""
         actor.require_reader()
-        async with self._db.transaction() as repo:
+        async with self._db.read() as repo:
             await find_run(repo, run_id)
             numbers = [row.number for row in await repo.rounds(run_id)]
         return [await self.round(run_id, number, actor) for number in numbers]
@@ -98,7 +162,7 @@ class RunService:
     async def round(self, run_id: str, number: int, actor: Principal) -> RoundInfo:
         """One round with what each member site has done in it."""
         actor.require_reader()
-        async with self._db.transaction() as repo:
+        async with self._db.read() as repo:
             await find_run(repo, run_id)
             row = await repo.round(run_id, number)
             if row is None:
@@ -142,7 +206,7 @@ class RunService:
                     "opened_at": row.opened_at,
                     "deadline": row.deadline,
                     "closed_at": row.closed_at,
-                    "model_sha256": row.model_sha256,
+                    "weights_sha256": row.weights_sha256,
                     "sites": sites,
                 }
             )
@@ -150,7 +214,7 @@ class RunService:
     async def models(self, run_id: str, actor: Principal) -> list[ModelVersion]:
         """Every signed model version of a run."""
         actor.require_reader()
-        async with self._db.transaction() as repo:
+        async with self._db.read() as repo:
             await find_run(repo, run_id)
             return [model_version_info(row) for row in await repo.model_versions(run_id)]
 
@@ -182,8 +246,4 @@ class RunService:
         cached = self._coordinator.cached_bundle(run_id, version)
         if cached is not None:
             return cached
-        try:
-            data = await to_thread.run_sync(self._blobs.get_bytes, key)
-        except FileNotFoundError:
-            raise Unavailable(f"bundle of {run_id} v{version} is missing from storage") from None
-        return bundle_from_bytes(run_id, version, data)
+        return await read_bundle(self._blobs, key, run_id=run_id, version=version)

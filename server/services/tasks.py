@@ -30,10 +30,15 @@ class TaskService:
         self._max_wait_s = max_wait_s
 
     async def next_task(self, site: Principal, wait: float) -> TaskPoll:
-        """The oldest open round the site still owes an update to; waits up to ``wait`` s."""
+        """The oldest open round the site still owes an update to; waits up to ``wait`` s.
+
+        ``wait`` is clamped to the server's ``max_wait_s``: a client asking for more
+        simply polls again sooner, it is never refused.
+        """
         site.require_site()
-        if wait < 0 or wait > self._max_wait_s:
-            raise InvalidInput(f"wait must be between 0 and {self._max_wait_s} seconds")
+        if wait < 0:
+            raise InvalidInput("wait cannot be negative")
+        wait = min(wait, self._max_wait_s)  # a longer wait is clamped to the server's limit
         loop = asyncio.get_running_loop()
         until = loop.time() + wait
         while True:
@@ -46,7 +51,7 @@ class TaskService:
 
     async def _poll(self, site: Principal) -> TaskPoll:
         assert site.site_id is not None
-        async with self._db.transaction() as repo:
+        async with self._db.read() as repo:  # polls never queue behind commits
             runs = await repo.running_runs_of_site(site.site_id)
             for run in runs:
                 if run.current_round is None:
@@ -56,7 +61,7 @@ class TaskService:
                     continue
                 if await repo.update_of(row.id, site.site_id) is not None:
                     continue
-                assert row.model_sha256 and row.public_key and row.deadline
+                assert row.weights_sha256 and row.public_key and row.deadline
                 config = run_config(run)
                 task = Task(
                     run_id=run.id,
@@ -64,7 +69,7 @@ class TaskService:
                     site=site.name,
                     model=config.model,
                     model_params=dict(config.model_params),
-                    model_sha256=row.model_sha256,
+                    weights_sha256=row.weights_sha256,
                     bundle_path=routes.MODEL_BUNDLE.format(run_id=run.id, version=row.number - 1),
                     upload_path=routes.UPDATES.format(run_id=run.id, round=row.number),
                     round_public_key=row.public_key,

@@ -238,7 +238,7 @@ class Harness:
             "run_id": task.run_id,
             "round": task.round,
             "site": sender.name,
-            "base_model_sha256": task.model_sha256,
+            "base_weights_sha256": task.weights_sha256,
             "num_samples": num_samples,
             "metrics": {"dice_mean": 0.5, "train_loss": 0.7},
             "created_at": datetime.now(UTC),

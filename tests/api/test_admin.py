@@ -84,7 +84,7 @@ async def test_runs_create_list_get_stop(harness: Harness) -> None:
             )
         ).json()
     )
-    assert round_one.status == "open" and round_one.deadline and round_one.model_sha256
+    assert round_one.status == "open" and round_one.deadline and round_one.weights_sha256
     stopped = RunInfo.model_validate(
         (
             await harness.client.post(routes.RUN_STOP.format(run_id=run_id), headers=harness.admin)

@@ -242,9 +242,16 @@ async def test_oversized_body(opened: OpenRound) -> None:
     h = opened.harness
     huge = b"\0" * (h.settings.max_update_bytes + 1)
     await _rejected(h, h.upload(opened.a, opened.run_id, 1, huge), 413, "payload_too_large")
-    # without a Content-Length the server stops reading once over the limit
+    # without a Content-Length the server stops reading once over the limit: a body whose
+    # front is a valid envelope (the header passes its checks), then too many bytes
+    valid = h.seal(opened.a, opened.task_a, h.delta_like(opened.base, 1))
+    padded = valid + b"\0" * (h.settings.max_update_bytes + 1 - len(valid))
     await _rejected(
-        h, h.upload(opened.a, opened.run_id, 1, _chunks(huge, 65536)), 413, "payload_too_large"
+        h, h.upload(opened.a, opened.run_id, 1, _chunks(padded, 65536)), 413, "payload_too_large"
+    )
+    # a front that is no envelope is refused before the rest is read
+    await _rejected(
+        h, h.upload(opened.a, opened.run_id, 1, _chunks(huge, 65536)), 400, "malformed_envelope"
     )
 
 
@@ -331,7 +338,9 @@ async def test_num_samples_must_be_positive(opened: OpenRound, num_samples: int)
 
 async def test_base_model_mismatch(opened: OpenRound) -> None:
     h = opened.harness
-    body = h.seal(opened.a, opened.task_a, h.delta_like(opened.base, 1), base_model_sha256="0" * 64)
+    body = h.seal(
+        opened.a, opened.task_a, h.delta_like(opened.base, 1), base_weights_sha256="0" * 64
+    )
     await _rejected(h, h.upload(opened.a, opened.run_id, 1, body), 422, "base_model_mismatch")
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from shared import crypto, routes
-from shared.schemas import UpdateHeader
+from shared.schemas import FORMAT_VERSION, UpdateHeader
 from shared.updates import seal_update
 from tests.api.conftest import TINY_MODEL, Harness, Site, problem_code
 
@@ -105,11 +105,11 @@ async def test_non_finite_metrics_in_an_update_header_are_refused(
     assert task is not None
     base = await harness.model(run_id, 0)
     header = UpdateHeader.model_construct(  # skips validation, as a hostile client would
-        format_version=1,
+        format_version=FORMAT_VERSION,
         run_id=run_id,
         round=1,
         site=site.name,
-        base_model_sha256=task.model_sha256,
+        base_weights_sha256=task.weights_sha256,
         kind="delta",
         num_samples=10,
         metrics={"dice_mean": value},

@@ -62,7 +62,7 @@ async def test_a_run_trains_to_completion_with_fedavg(harness: Harness) -> None:
     models = (
         await harness.client.get(routes.MODELS.format(run_id=run_id), headers=harness.admin)
     ).json()
-    assert [item["round"] for item in models] == [0, 1, 2]
+    assert [item["version"] for item in models] == [0, 1, 2]
     poll = TaskPoll.model_validate(
         (await harness.client.get(routes.TASKS_NEXT, headers=sites[0].headers)).json()
     )
@@ -94,7 +94,7 @@ async def test_bundle_download_etag_and_range(harness: Harness) -> None:
     etag = full.headers["etag"]
     assert etag.strip('"') == crypto.sha256(full.content).hex()
     opened = open_bundle(full.content, {crypto.key_id(harness.server_key): harness.server_key})
-    assert opened.manifest.round == 0 and opened.manifest.run_id == run_id
+    assert opened.manifest.version == 0 and opened.manifest.run_id == run_id
     cached = await harness.client.get(path, headers={**site.headers, "If-None-Match": etag})
     assert cached.status_code == 304
     part = await harness.client.get(path, headers={**site.headers, "Range": "bytes=100-"})

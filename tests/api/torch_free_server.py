@@ -86,7 +86,7 @@ async def one_round(settings: Settings, admin_token: str) -> list[int]:
                 run_id=run_id,
                 round=1,
                 site=name,
-                base_model_sha256=task.model_sha256,
+                base_weights_sha256=task.weights_sha256,
                 num_samples=5 + index,
                 created_at=datetime.now(UTC),
             )
@@ -103,7 +103,7 @@ async def one_round(settings: Settings, admin_token: str) -> list[int]:
             )
             assert answer.status_code == 200, answer.text
         models = await client.get(routes.MODELS.format(run_id=run_id), headers=admin)
-        return [model["round"] for model in models.json()]
+        return [model["version"] for model in models.json()]
 
 
 def main() -> None:

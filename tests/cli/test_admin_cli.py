@@ -194,7 +194,7 @@ def test_run_lifecycle_models_and_audit(admin, server, tmp_path):
     versions = [
         ModelVersion.model_validate(m) for m in _json(admin("models", "list", run.id, "--json"))
     ]
-    assert [v.round for v in versions] == [0]
+    assert [v.version for v in versions] == [0]
 
     key = crypto.load_signing_key(server.key_file).public_key()
     public_pem = tmp_path / "server-key.pem"
@@ -214,7 +214,7 @@ def test_run_lifecycle_models_and_audit(admin, server, tmp_path):
     )
     assert result["verified"] is True and result["version"] == 0
     bundle = open_bundle(out.read_bytes(), {crypto.key_id(key): key})
-    assert bundle.manifest.run_id == run.id and bundle.manifest.round == 0
+    assert bundle.manifest.run_id == run.id and bundle.manifest.version == 0
     assert tarfile.is_tarfile(BytesIO(out.read_bytes()))
 
     # the raw base64 public key, as enrollment hands it to sites, works as well

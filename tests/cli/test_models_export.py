@@ -36,7 +36,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     weights = state_tensors(models.build("segresnet-small", PARAMS, seed=9).state_dict())
     _, files = make_bundle(
         run_id="run-x",
-        round_number=4,
+        version=4,
         model="segresnet-small",
         model_params=PARAMS,
         weights=to_safetensors(weights),

@@ -35,7 +35,7 @@ def _round(number: int, a: float, b: float) -> RoundInfo:
         opened_at=T0 + timedelta(seconds=100 * number),
         deadline=None,
         closed_at=T0 + timedelta(seconds=100 * number + 50),
-        model_sha256=None,
+        weights_sha256=None,
         sites=[
             SiteProgress(site="a", state="uploaded", metrics=_scores(a)),
             SiteProgress(site="b", state="uploaded", metrics=_scores(b)),

@@ -15,7 +15,7 @@ from client.state import StateDir
 from client.training import TrainResult
 from shared import crypto, routes
 from shared.bundle import bundle_tar, make_bundle
-from shared.errors import BundleError, Conflict, IntegrityError
+from shared.errors import BundleError, Conflict, IntegrityError, InvalidInput, Unavailable
 from shared.schemas import (
     PrivacyConfig,
     SignedKeyRotation,
@@ -48,7 +48,7 @@ class FakeServer:
         for version in range(3):  # the same weights published as versions 0..2
             manifest, files = make_bundle(
                 run_id="run1",
-                round_number=version,
+                version=version,
                 model="segresnet-small",
                 model_params={},
                 weights=to_safetensors(self.base),
@@ -70,7 +70,7 @@ class FakeServer:
             site=SITE,
             model="segresnet-small",
             model_params={},
-            model_sha256=self.weights_sha256,
+            weights_sha256=self.weights_sha256,
             bundle_path=routes.MODEL_BUNDLE.format(run_id="run1", version=round_number - 1),
             upload_path=routes.UPDATES.format(run_id="run1", round=round_number),
             round_public_key=base64.b64encode(
@@ -177,7 +177,7 @@ def test_round_writes_the_ledger_and_uploads_what_it_records(server, state) -> N
             header.model_dump(mode="json"), sort_keys=True, separators=(",", ":")
         ).encode()
     )
-    assert header.num_samples == 7 and header.base_model_sha256 == server.weights_sha256
+    assert header.num_samples == 7 and header.base_weights_sha256 == server.weights_sha256
     assert {"dice_tc", "dice_wt", "dice_et", "dice_mean", "train_loss"} <= set(header.metrics)
     assert {"time_download", "time_evaluate", "time_train", "time_seal"} <= set(header.metrics)
     assert set(change) == {"w", "b"} and float(change["w"].abs().sum()) > 0
@@ -255,7 +255,7 @@ def test_task_signed_by_another_key_is_refused(server, state) -> None:
 
 def test_bundle_that_is_not_the_tasks_model_is_refused_and_deleted(server, state) -> None:
     signed = server.task()
-    task = signed.task.model_copy(update={"model_sha256": "0" * 64})
+    task = signed.task.model_copy(update={"weights_sha256": "0" * 64})
     with pytest.raises(BundleError):
         make_agent(server, state).run_task(sign_task(task, server.signing_key))
     assert not state.bundle_path("run1", 0).exists() and server.uploads == []
@@ -301,3 +301,37 @@ def test_a_stopped_client_reports_stopped_instead_of_its_last_state(server, stat
     with pytest.raises(KeyboardInterrupt):
         make_agent(server, state, InterruptedTrainer()).run(poll_wait=0, max_tasks=1)
     assert [r.state for r in server.reports][-2:] == ["training", "stopped"]
+
+
+@pytest.mark.parametrize("exit_when_done", [True, False])
+def test_a_poll_refused_with_a_4xx_stops_the_agent_naming_the_flag(
+    server, state, exit_when_done: bool
+) -> None:
+    agent = make_agent(server, state)
+    calls = []
+
+    def refused(wait_s: float) -> TaskPoll:
+        calls.append(wait_s)
+        if len(calls) > 3:  # the old agent retried forever: end it here
+            raise RuntimeError("the agent polled again after a 4xx")
+        raise InvalidInput("wait must be between 0 and 30.0 seconds")
+
+    server.poll = refused  # type: ignore[method-assign]
+    with pytest.raises(InvalidInput, match="--poll-wait") as raised:
+        agent.run(poll_wait=300, exit_when_done=exit_when_done, idle_exit_s=0)
+    assert raised.value.code == "invalid_input" and len(calls) == 1
+
+
+def test_a_transient_poll_failure_is_retried(server, state) -> None:
+    agent = make_agent(server, state)
+    answers: list[TaskPoll | Exception] = [Unavailable("restarting"), TaskPoll(active_runs=0)]
+
+    def flaky(wait_s: float) -> TaskPoll:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    server.poll = flaky  # type: ignore[method-assign]
+    assert agent.run(poll_wait=1, exit_when_done=True, idle_exit_s=0) == 0
+    assert answers == []

@@ -39,7 +39,7 @@ class RotatingServer(FakeServer):
     def sign_bundle_with(self, key, *, created_at: datetime) -> None:
         _, files = make_bundle(
             run_id="run1",
-            round_number=0,
+            version=0,
             model="segresnet-small",
             model_params={},
             weights=to_safetensors(self.base),

@@ -46,7 +46,7 @@ def signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     weights = state_tensors(models.build("segresnet-small", TINY, seed=5).state_dict())
     _, files = make_bundle(
         run_id="run-test",
-        round_number=3,
+        version=3,
         model="segresnet-small",
         model_params=TINY,
         weights=to_safetensors(weights),

@@ -130,7 +130,7 @@ def test_run_completes_through_the_admin_api(federation: Federation) -> None:
     run = federation.run
     assert run["status"] == "completed", run
     models = federation.api(f"/api/v1/runs/{run['id']}/models")
-    assert max(m["round"] for m in models) == ROUNDS
+    assert max(m["version"] for m in models) == ROUNDS
     rounds = federation.api(f"/api/v1/runs/{run['id']}/rounds")
     assert [r["round"] for r in rounds] == list(range(1, ROUNDS + 1))
     assert all(r["status"] == "closed" for r in rounds), rounds

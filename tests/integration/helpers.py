@@ -10,7 +10,7 @@ import torch
 
 from fedseg.simulate import Federation
 from shared import crypto
-from shared.bundle import OpenedBundle, open_bundle, read_bundle_files
+from shared.bundle import Bundle, open_bundle, read_bundle_files
 from shared.tensors import Tensors, from_safetensors
 
 
@@ -19,7 +19,7 @@ def trusted_keys(federation: Federation) -> dict[str, object]:
     return {crypto.key_id(key): key}
 
 
-def open_version(federation: Federation, run_id: str, version: int) -> tuple[bytes, OpenedBundle]:
+def open_version(federation: Federation, run_id: str, version: int) -> tuple[bytes, Bundle]:
     """Download a model version through the admin API and verify it with the server key."""
     data = federation.admin.download_bundle(run_id, version)
     key = federation.server_key

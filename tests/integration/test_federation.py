@@ -44,7 +44,7 @@ def test_run_completes_and_every_round_closes_with_every_sites_update(finished_r
             sent = hashlib.sha256((entry / "update.bin").read_bytes()).hexdigest()
             assert receipt["update_sha256"] == sent
     versions = finished_run.federation.admin.list_models(run.id)
-    assert sorted(v.round for v in versions) == list(range(ROUNDS + 1))
+    assert sorted(v.version for v in versions) == list(range(ROUNDS + 1))
 
 
 def test_each_consensus_verifies_and_is_the_weighted_mean_of_the_ledger_deltas(
@@ -60,20 +60,20 @@ def test_each_consensus_verifies_and_is_the_weighted_mean_of_the_ledger_deltas(
     assert_close(previous.tensors, {k: v.double() for k, v in initial.items()}, what="version 0")
     for version in range(1, ROUNDS + 1):
         data, bundle = open_version(fed, run.id, version)
-        assert bundle.manifest.run_id == run.id and bundle.manifest.round == version
+        assert bundle.manifest.run_id == run.id and bundle.manifest.version == version
         updates = []
         for site in fed.sites:
             header, delta = ledger_update(fed.ledger_entry(site, version))
             assert header["round"] == version and header["site"] == site.name
             assert header["kind"] == "delta"
-            assert header["base_model_sha256"] == previous_sha, "trained from another model"
+            assert header["base_weights_sha256"] == previous_sha, "trained from another model"
             assert header["num_samples"] > 0
             updates.append((int(header["num_samples"]), delta))
         expected = weighted_consensus(previous.tensors, updates)
         assert_close(bundle.tensors, expected, what=f"version {version}")
         # the round trained from the previous version
         info = fed.admin.get_round(run.id, version)
-        assert info.model_sha256 in (previous_sha, weights_sha256(data))
+        assert info.weights_sha256 in (previous_sha, weights_sha256(data))
         previous, previous_sha = bundle, weights_sha256(data)
 
 

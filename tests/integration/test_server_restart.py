@@ -187,7 +187,7 @@ def _exercise(running: Server, client: httpx.Client, admin: dict[str, str]) -> N
             run_id=run_id,
             round=1,
             site=name,
-            base_model_sha256=task.model_sha256,
+            base_weights_sha256=task.weights_sha256,
             num_samples=weights[name],
             created_at=datetime.now(UTC),
         )

@@ -113,17 +113,26 @@ def test_integer_tensors_are_rounded_like_apply_delta() -> None:
     assert result["steps"].tolist() == [12, 23] and result["steps"].dtype == torch.int64
 
 
-def test_refuses_other_names_negative_weights_and_reuse() -> None:
+def test_refuses_other_names_and_negative_weights() -> None:
     base = _tensors(5)
     accumulator = Accumulator(spec_of(base))
     with pytest.raises(TensorError):
         accumulator.add(to_arrays({"other": torch.zeros(1)}), 1.0)
     with pytest.raises(TensorError):
         accumulator.add(to_arrays(_tensors(6)), -1.0)
-    accumulator.add(to_arrays(_tensors(6)), 1.0)
-    accumulator.consensus(to_arrays(base))
-    with pytest.raises(RuntimeError):
-        accumulator.add(to_arrays(_tensors(6)), 1.0)
+
+
+def test_consensus_keeps_the_sum_so_a_failed_close_can_compute_it_again() -> None:
+    base = _tensors(5)
+    accumulator = Accumulator(spec_of(base))
+    accumulator.add(to_arrays(_tensors(6)), 2.0)
+    accumulator.add(to_arrays(_tensors(8)), 3.0)
+    first = accumulator.consensus(to_arrays(base))
+    second = accumulator.consensus(to_arrays(base))
+    assert set(first) == set(second) == set(base)
+    for name in base:
+        assert first[name].dtype == second[name].dtype
+        assert (first[name] == second[name]).all()
 
 
 def test_base_is_only_read() -> None:

@@ -9,17 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from server.services.envelopes import (
-    open_payload,
-    read_header,
-    receive_body,
-    verify_signature,
-)
+from server.services.envelopes import peek_header, receive_body, verify_signature
 from shared import arrays, crypto
 from shared.errors import IntegrityError, PayloadTooLarge
 from shared.schemas import UpdateHeader
 from shared.tensors import from_arrays, to_safetensors
-from shared.updates import open_update, seal_update
+from shared.updates import (
+    open_update,
+    read_envelope_header,
+    seal_update,
+    unseal_envelope,
+)
 
 
 def _tensors(size: int) -> dict[str, torch.Tensor]:
@@ -39,7 +39,7 @@ def _envelope(size: int) -> tuple[bytes, dict[str, torch.Tensor], object, object
         run_id="run-1",
         round=1,
         site="site-a",
-        base_model_sha256="0" * 64,
+        base_weights_sha256="0" * 64,
         num_samples=3,
         created_at=datetime.now(UTC),
     )
@@ -62,9 +62,10 @@ def test_streamed_open_equals_open_update(tmp_path: Path, size: int, step: int) 
         receive_body(_stream(data, step), tmp_path / "u", limit=len(data), declared=len(data))
     )
     assert body.sha256 == crypto.sha256(data).hex() and body.size == len(data)
-    envelope = read_header(body)
     verify_signature(body, site_key.public_key())  # type: ignore[attr-defined]
-    buffer = open_payload(body.path, envelope, round_key)  # type: ignore[arg-type]
+    with body.path.open("rb") as handle:
+        envelope = read_envelope_header(handle, body.size)
+        buffer = unseal_envelope(handle, envelope, round_key)  # type: ignore[arg-type]
     tensors = from_arrays(arrays.from_safetensors(buffer))
     header, reference = open_update(
         data,
@@ -137,3 +138,39 @@ def test_tensor_parser_reads_what_to_safetensors_writes() -> None:
     assert all(torch.equal(parsed[name], change[name]) for name in change)
     readonly = from_arrays(arrays.from_safetensors(memoryview(to_safetensors(change))))
     assert all(torch.equal(readonly[name], change[name]) for name in change)
+
+
+@pytest.mark.parametrize("step", [1, 7, 65536])
+def test_peek_header_reads_the_front_and_replays_every_byte(step: int) -> None:
+    data, *_ = _envelope(7)
+
+    async def peek() -> tuple[UpdateHeader, bytes, int]:
+        pulled = 0
+
+        async def counted():
+            nonlocal pulled
+            async for chunk in _stream(data, step):
+                pulled += len(chunk)
+                yield chunk
+
+        header, whole = await peek_header(counted(), declared=len(data), limit=len(data))
+        before = pulled
+        replayed = b"".join([chunk async for chunk in whole])
+        return header, replayed, before
+
+    header, replayed, pulled_for_header = asyncio.run(peek())
+    assert replayed == data
+    assert header.run_id == "run-1" and header.num_samples == 3
+    if step == 1:  # byte by byte: the header is parsed before the payload is read
+        assert pulled_for_header < len(data) - 64
+
+
+def test_peek_header_refuses_a_body_that_ends_inside_the_header() -> None:
+    data, *_ = _envelope(7)
+
+    async def peek() -> None:
+        await peek_header(_stream(data[:20], 5), declared=None, limit=1 << 20)
+
+    with pytest.raises(IntegrityError) as raised:
+        asyncio.run(peek())
+    assert raised.value.code == "truncated"

@@ -39,7 +39,7 @@ FIELD = {MANIFEST: "manifest", WEIGHTS: "weights", SIGNATURE: "signature"}
 def build(key: Ed25519PrivateKey, tensors: dict[str, torch.Tensor] | None = None):
     return make_bundle(
         run_id="run-1",
-        round_number=3,
+        version=3,
         model="segresnet-small",
         model_params={"init_filters": 8},
         weights=to_safetensors(tensors if tensors is not None else tiny_tensors()),
@@ -88,7 +88,7 @@ def test_round_trip_as_directory(tmp_path: Path, signing_key: Ed25519PrivateKey)
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == sorted(FIELD)
     opened = open_bundle(tmp_path / "b", trusted(signing_key))
     assert opened.manifest == manifest
-    assert opened.manifest.round == 3 and opened.manifest.model_params == {"init_filters": 8}
+    assert opened.manifest.version == 3 and opened.manifest.model_params == {"init_filters": 8}
     assert opened.manifest.weights_sha256 == hashlib.sha256(files.weights).hexdigest()
     assert opened.manifest.key_id == crypto.key_id(signing_key.public_key())
     assert_same_tensors(opened.tensors, tiny_tensors())

@@ -21,7 +21,7 @@ def round_info(number: int, sites: list[SiteProgress], **values: object) -> Roun
         "opened_at": T0 + timedelta(minutes=number),
         "deadline": T0 + timedelta(minutes=number, seconds=30),
         "closed_at": T0 + timedelta(minutes=number, seconds=20),
-        "model_sha256": None,
+        "weights_sha256": None,
         "sites": sites,
     }
     fields.update(values)

@@ -37,7 +37,7 @@ def header(**changes: object) -> UpdateHeader:
         "run_id": "run-1",
         "round": 1,
         "site": "site-a",
-        "base_model_sha256": "ab" * 32,
+        "base_weights_sha256": "ab" * 32,
         "num_samples": 10,
         "metrics": {"dice_wt": 0.5},
         "created_at": datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC),
@@ -64,7 +64,7 @@ def test_canonical_json_is_sorted_compact_and_stable() -> None:
     assert data == canonical_json(header())
     assert b" " not in data
     keys = list(UpdateHeader.model_validate_json(data).model_dump())
-    assert data.startswith(b'{"base_model_sha256":')
+    assert data.startswith(b'{"base_weights_sha256":')
     assert sorted(keys) == sorted(header().model_dump())
     assert UpdateHeader.model_validate_json(data) == header()
     assert canonical_json({"b": 1, "a": "é"}) == '{"a":"é","b":1}'.encode()

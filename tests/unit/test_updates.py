@@ -32,7 +32,7 @@ def header(**changes: object) -> UpdateHeader:
         "run_id": "run-1",
         "round": 2,
         "site": "site-a",
-        "base_model_sha256": "cd" * 32,
+        "base_weights_sha256": "cd" * 32,
         "num_samples": 40,
         "metrics": {"dice_et": 0.25, "dice_tc": 0.5, "dice_wt": 0.75},
         "created_at": datetime(2025, 1, 2, tzinfo=UTC),

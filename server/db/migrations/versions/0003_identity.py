@@ -1,7 +1,7 @@
 """identity: token expiry, the audit hash chain and its head row
 
-Revision ID: 0002_identity
-Revises: 0001
+Revision ID: 0003_identity
+Revises: 0002_coord_weights_sha256
 Create Date: 2026-12-02 01:20:00
 
 Admin and viewer tokens get an expiry; tokens minted before it expire 90 days
@@ -18,8 +18,8 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0002_identity"
-down_revision: str | None = "0001"
+revision: str = "0003_identity"
+down_revision: str | None = "0002_coord_weights_sha256"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

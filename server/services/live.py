@@ -1,0 +1,78 @@
+"""An open round in memory, and the database row of the model version a round produces.
+
+Intake checks updates against the live round; closing sums them up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from server.db.models import ModelVersionRow, RoundRow
+from server.services.aggregation import Accumulator
+from shared.bundle import Bundle
+from shared.schemas import RunConfig, TensorSpec
+
+
+@dataclass(slots=True)
+class LiveRound:
+    """An open round: its key, the model it trains from and the running sum.
+
+    ``lock`` serialises adding to the sum, closing, ending and stopping the round.
+    """
+
+    round_id: int
+    run_id: str
+    number: int
+    config: RunConfig
+    members: dict[int, str]
+    private_key: X25519PrivateKey
+    base_weights_sha256: str
+    spec: list[TensorSpec]
+    deadline: datetime
+    accumulator: Accumulator
+    counted: set[int] = field(default_factory=set)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def complete(self) -> bool:
+        """Every member site's update is in the sum."""
+        return len(self.counted) == len(self.members)
+
+
+def live_round(
+    row: RoundRow,
+    config: RunConfig,
+    members: dict[int, str],
+    key: X25519PrivateKey,
+    base: Bundle,
+) -> LiveRound:
+    """The live round of ``row``, training from ``base``, with an empty sum."""
+    assert row.deadline is not None
+    return LiveRound(
+        round_id=row.id,
+        run_id=row.run_id,
+        number=row.number,
+        config=config,
+        members=members,
+        private_key=key,
+        base_weights_sha256=base.manifest.weights_sha256,
+        spec=list(base.manifest.tensors),
+        deadline=row.deadline,
+        accumulator=Accumulator(list(base.manifest.tensors)),
+    )
+
+
+def version_row(bundle: Bundle, moment: datetime) -> ModelVersionRow:
+    """The database row of a stored bundle."""
+    return ModelVersionRow(
+        run_id=bundle.run_id,
+        version=bundle.version,
+        weights_sha256=bundle.manifest.weights_sha256,
+        bundle=bundle.sha256,
+        bundle_size=len(bundle.data),
+        created_at=moment,
+    )
