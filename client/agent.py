@@ -13,7 +13,6 @@ the round is simply done again. A 409 for a closed round drops the update for go
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
@@ -24,21 +23,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, Protocol
 
-import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from client.sealing import seal_round
 from client.state import StateDir
-from client.training import (
-    Precision,
-    SiteData,
-    TrainResult,
-    evaluate,
-    evaluation_roi,
-    train,
-)
+from client.training.steps import TrainResult
 from shared import crypto, routes
 from shared.bundle import open_bundle
-from shared.errors import AuthError, BundleError, Conflict, FedsegError, Unavailable
+from shared.errors import (
+    AuthError,
+    BundleError,
+    Conflict,
+    FedsegError,
+    IntegrityError,
+    Unavailable,
+)
 from shared.files import write_atomic
 from shared.schemas import (
     SignedTask,
@@ -46,15 +45,13 @@ from shared.schemas import (
     StatusReport,
     Task,
     TaskPoll,
-    UpdateHeader,
     UpdateReceipt,
-    canonical_json,
 )
 from shared.tasks import verify_task
-from shared.tensors import Tensors, delta, to_safetensors
-from shared.updates import seal_update_payload
+from shared.tensors import Tensors
 
 log = logging.getLogger(__name__)
+progress = logging.getLogger("client.progress")
 
 DROP_CODES = frozenset({"round_closed", "round_not_open", "stale_round", "update_conflict"})
 Outcome = Literal["uploaded", "dropped", "pending"]
@@ -81,65 +78,15 @@ class Transport(Protocol):
 
 
 class Trainer(Protocol):
-    """What the agent needs from local training (see `LocalTrainer`)."""
+    """What the agent needs from local training (see `client.trainer.LocalTrainer`)."""
 
     def evaluate(self, task: Task, weights: Tensors) -> dict[str, float]:
-        """Dice of the received model on the site's validation split."""
+        """Metrics of the received model on the site's validation split ({} when skipped)."""
         ...
 
     def train(self, task: Task, weights: Tensors) -> TrainResult:
         """Train from ``weights`` as the task says."""
         ...
-
-
-class LocalTrainer:
-    """`Trainer` over `client.training` and data loaded once for the whole process."""
-
-    def __init__(self, data: SiteData, device: torch.device, precision: Precision = "auto"):
-        self.data = data
-        self.device = device
-        self.precision = precision
-
-    def evaluate(self, task: Task, weights: Tensors) -> dict[str, float]:
-        """Dice on the validation split the task's training config defines."""
-        config = task.training
-        _, val = self.data.split(config.val_fraction, config.seed, config.max_val_cases)
-        return evaluate(
-            task.model,
-            task.model_params,
-            weights,
-            val,
-            self.device,
-            roi_size=evaluation_roi(config.crop_size),
-            precision=self.precision,
-        )
-
-    def train(self, task: Task, weights: Tensors) -> TrainResult:
-        """Train with a seed drawn from the run, round and config: reproducible per round."""
-        digest = hashlib.sha256(f"{task.run_id}/{task.round}/{task.training.seed}".encode())
-        seed = int.from_bytes(digest.digest()[:4], "big")
-        return train(
-            task.model,
-            task.model_params,
-            weights,
-            task.training,
-            self.data,
-            self.device,
-            seed=seed,
-            precision=self.precision,
-        )
-
-
-def clip_update(change: Tensors, clip_norm: float) -> tuple[Tensors, float]:
-    """Scale ``change`` to an L2 norm of at most ``clip_norm``; return it and the old norm."""
-    squares = [t.double().square().sum() for t in change.values() if t.is_floating_point()]
-    norm = float(torch.stack(squares).sum().sqrt()) if squares else 0.0
-    if norm <= clip_norm:
-        return change, norm
-    scale = clip_norm / norm
-    return {
-        name: (t * scale).to(t.dtype) if t.is_floating_point() else t for name, t in change.items()
-    }, norm
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,53 +176,47 @@ class Agent:
         started = time.perf_counter()
         base = self.fetch_model(task)
         timings["time_download"] = time.perf_counter() - started
+        progress.info(
+            "round %d: downloaded and verified model v%d in %.1f s",
+            task.round,
+            task.round - 1,
+            timings["time_download"],
+        )
 
         self._report(task, "evaluating")
         started = time.perf_counter()
-        dice = self.trainer.evaluate(task, base)
+        scores = self.trainer.evaluate(task, base)
         timings["time_evaluate"] = time.perf_counter() - started
-        self._report(task, "training", metrics=dice)
+        self._report(task, "training", metrics=scores)
 
         started = time.perf_counter()
         result = self.trainer.train(task, base)
         timings["time_train"] = time.perf_counter() - started
+        progress.info(
+            "round %d: trained %d steps in %.1f s (loss %.4f)",
+            task.round,
+            result.steps,
+            timings["time_train"],
+            result.loss,
+        )
 
         self._report(task, "sealing")
-        started = time.perf_counter()
-        change = delta(result.weights, base)
-        norm: float | None = None
-        if task.privacy.clip_norm is not None:
-            change, norm = clip_update(change, task.privacy.clip_norm)
-        payload = to_safetensors(change)
-        timings["time_seal"] = time.perf_counter() - started  # delta, clip, serialise
-        header = UpdateHeader(
-            run_id=task.run_id,
-            round=task.round,
+        header = seal_round(
+            task=task,
             site=self.keys.site,
-            base_model_sha256=task.model_sha256,
+            site_key=self.keys.site_key,
+            weights=result.weights,
+            base=base,
             num_samples=result.num_samples,
-            metrics={**dice, "train_loss": result.loss, **timings},
-            created_at=datetime.now(UTC),
+            metrics={**scores, "train_loss": result.loss, **timings},
+            entry=entry,
         )
-        round_key = crypto.x25519_public_from_bytes(base64.b64decode(task.round_public_key))
-        envelope = seal_update_payload(
-            header, payload, round_key=round_key, site_key=self.keys.site_key
+        progress.info(
+            "round %d: sealed the update (%d bytes) in %.1f s",
+            task.round,
+            entry.update.stat().st_size,
+            header.metrics["time_seal"],
         )
-        write_atomic(entry.header, canonical_json(header))
-        write_atomic(entry.delta, payload)
-        digests = {
-            "run_id": task.run_id,
-            "round": task.round,
-            "upload_path": task.upload_path,
-            "base_model_sha256": task.model_sha256,
-            "delta_sha256": hashlib.sha256(payload).hexdigest(),
-            "update_sha256": hashlib.sha256(envelope).hexdigest(),
-            "num_samples": result.num_samples,
-            "clip_norm": task.privacy.clip_norm,
-            "delta_norm_before_clip": norm,
-        }
-        write_atomic(entry.digests, json.dumps(digests, indent=2).encode())
-        write_atomic(entry.update, envelope)  # last: from here on this update is final
         return self._upload(task.run_id, task.round, task.upload_path, task, header.metrics)
 
     def _upload(
@@ -290,6 +231,7 @@ class Agent:
         envelope = entry.update.read_bytes()
         if task is not None:
             self._report(task, "uploading")
+        started = time.perf_counter()
         try:
             receipt = self.transport.upload(path, envelope)
         except Conflict as exc:
@@ -299,13 +241,21 @@ class Agent:
             record = {"code": exc.code, "message": exc.message, "at": _now()}
             write_atomic(entry.dropped, json.dumps(record, indent=2).encode())
             return "dropped"
-        expected = hashlib.sha256(envelope).hexdigest()
-        if receipt.update_sha256 != expected:
-            log.warning("round %s/%d: receipt names another sha256", run_id, round_number)
+        check_receipt(
+            receipt, envelope, run_id=run_id, round_number=round_number, site=self.keys.site
+        )
         write_atomic(entry.receipt, receipt.model_dump_json(indent=2).encode())
         if task is not None:
             self._report(task, "uploaded", metrics=metrics)
-        log.info("round %s/%d: update accepted", run_id, round_number)
+        progress.info(
+            "round %d: update accepted (%s/%d, %d bytes in %.1f s, receipt sha256 %s…)",
+            round_number,
+            run_id,
+            round_number,
+            len(envelope),
+            time.perf_counter() - started,
+            receipt.update_sha256[:12],
+        )
         return "uploaded"
 
     def flush_pending(self) -> int:
@@ -325,6 +275,8 @@ class Agent:
                     sent += 1
             except Unavailable as exc:
                 log.warning("pending update %s/%d not sent yet: %s", run_id, round_number, exc)
+            except IntegrityError as exc:
+                log.error("pending update %s/%d: %s", run_id, round_number, exc.message)
         return sent
 
     # --- the loop ----------------------------------------------------------------------
@@ -379,6 +331,26 @@ class Agent:
                 return 0
             self.sleep(min(poll.retry_after_s, poll_wait))
         return 0
+
+
+def check_receipt(
+    receipt: UpdateReceipt, envelope: bytes, *, run_id: str, round_number: int, site: str
+) -> None:
+    """Fail closed unless the receipt acknowledges exactly the envelope that was sent."""
+    expected = hashlib.sha256(envelope).hexdigest()
+    if receipt.update_sha256 != expected:
+        raise IntegrityError(
+            f"round {run_id}/{round_number}: the server's receipt names update sha256 "
+            f"{receipt.update_sha256[:16]}…, but the site sent {expected[:16]}…; "
+            "not recording it as accepted",
+            code="hash_mismatch",
+        )
+    if (receipt.run_id, receipt.round, receipt.site) != (run_id, round_number, site):
+        raise IntegrityError(
+            f"the server's receipt is for {receipt.site} in {receipt.run_id}/{receipt.round}, "
+            f"not {site} in {run_id}/{round_number}; not recording it as accepted",
+            code="hash_mismatch",
+        )
 
 
 def _now() -> str:

@@ -465,9 +465,11 @@ def download_model(
 ) -> dict[str, Any]:
     """Download a version's bundle to ``out``, check it, and say what was checked.
 
-    The weights' sha256 is always checked against the version list; with a server
-    key the whole bundle is verified (signature, hash, tensor specs) before ``out``
-    is written.
+    The version list names each version by its weights' sha256 (the hash of
+    ``weights.safetensors`` inside the bundle, as in the bundle's manifest), and
+    exactly that hash must match: no other hash (the tar's, say) is accepted. With a
+    server key the whole bundle is verified (signature, hash, tensor specs) before
+    ``out`` is written.
     """
     versions = {item.round: item for item in client.list_models(run_id)}
     if not versions:
@@ -479,7 +481,7 @@ def download_model(
     data = client.download_bundle(run_id, chosen)
     files = read_bundle_files(data)
     weights_sha = hashlib.sha256(files.weights).hexdigest()
-    if versions[chosen].sha256 not in (weights_sha, hashlib.sha256(data).hexdigest()):
+    if versions[chosen].sha256 != weights_sha:
         raise IntegrityError(
             f"downloaded bundle's weights sha256 {weights_sha[:16]}… does not match the "
             f"server's listing {versions[chosen].sha256[:16]}…",

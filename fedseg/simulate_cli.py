@@ -270,7 +270,11 @@ class Simulation:
         federation.children.stop_all()  # the server's work is done: free the CPU
         splits = self._phase(
             "Load each site's validation split",
-            lambda: load_splits({s.name: s.data_dir for s in federation.sites}, config.training),
+            lambda: load_splits(
+                {s.name: s.data_dir for s in federation.sites},
+                config.training,
+                caches={s.name: s.state_dir / "cache" for s in federation.sites},
+            ),
         )
         final_eval = self._phase(
             f"Evaluate the final model (version {config.rounds}) on every site",

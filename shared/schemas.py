@@ -83,9 +83,14 @@ class TrainingConfig(WireModel):
     crop_size: int = Field(default=32, ge=8, le=256)
     learning_rate: float = Field(default=1e-4, gt=0, le=1.0)
     weight_decay: float = Field(default=1e-5, ge=0, le=1.0)
-    val_fraction: float = Field(default=0.2, gt=0, lt=1)
-    max_val_cases: int = Field(default=8, ge=1, le=10_000)
+    val_fraction: float = Field(default=0.2, gt=0, lt=1, description="share held out")
+    min_train: int = Field(default=1, ge=1, le=10_000, description="cases kept for training")
+    eval_every: int = Field(default=1, ge=1, le=10_000, description="evaluate every n rounds")
+    eval_max_cases: int = Field(
+        default=8, ge=1, le=10_000, description="validation cases scored per round"
+    )
     seed: int = Field(default=0, ge=0)
+    compile: bool = Field(default=False, description="torch.compile the step (CUDA only)")
 
 
 class PrivacyConfig(WireModel):
