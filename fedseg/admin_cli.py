@@ -196,6 +196,10 @@ def build_run_config(
     learning_rate: float | None,
     round_timeout: float | None,
     seed: int | None,
+    val_fraction: float | None = None,
+    eval_every: int | None = None,
+    eval_max_cases: int | None = None,
+    compile_step: bool | None = None,
 ) -> tuple[str | None, RunConfig]:
     """A `RunConfig` from a file and/or flags; flags override the file."""
     name: str | None = None
@@ -221,6 +225,10 @@ def build_run_config(
         "crop_size": crop_size,
         "batch_size": batch_size,
         "learning_rate": learning_rate,
+        "val_fraction": val_fraction,
+        "eval_every": eval_every,
+        "eval_max_cases": eval_max_cases,
+        "compile": compile_step,
     }
     if any(value is not None for value in training.values()):
         merged = dict(data.get("training") or {})
@@ -266,6 +274,21 @@ def runs_create(
         float | None, typer.Option("--round-timeout", help="Round deadline in seconds.")
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", min=0)] = None,
+    val_fraction: Annotated[
+        float | None,
+        typer.Option("--val-fraction", help="Share of each site's cases held out (0-1)."),
+    ] = None,
+    eval_every: Annotated[
+        int | None, typer.Option("--eval-every", min=1, help="Evaluate every N rounds.")
+    ] = None,
+    eval_max_cases: Annotated[
+        int | None,
+        typer.Option("--eval-max-cases", min=1, help="Validation cases scored per round."),
+    ] = None,
+    compile_step: Annotated[
+        bool | None,
+        typer.Option("--compile/--no-compile", help="torch.compile the training step (CUDA)."),
+    ] = None,
     start: Annotated[bool, typer.Option("--start", help="Start the run right away.")] = False,
     server: ServerOpt = DEFAULT_SERVER,
     token_file: TokenFileOpt = None,
@@ -286,6 +309,10 @@ def runs_create(
             learning_rate=learning_rate,
             round_timeout=round_timeout,
             seed=seed,
+            val_fraction=val_fraction,
+            eval_every=eval_every,
+            eval_max_cases=eval_max_cases,
+            compile_step=compile_step,
         )
         run_name = name or file_name or time.strftime("run-%Y%m%d-%H%M%S")
         with _client(server, token_file) as client:

@@ -140,6 +140,7 @@ STATUS_STYLES: Mapping[str, str] = {
     "failed": "bold red",
     "error": "bold red",
     "revoked": "red",
+    "offline": "bold yellow",
     "cancelled": "red",
 }
 

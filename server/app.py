@@ -80,8 +80,10 @@ def create_app(settings: Settings) -> FastAPI:
         )
         app.state.services = Services(
             auth=AuthService(db),
-            sites=SiteService(db, signing_key.public_key()),
-            runs=RunService(db, blobs, coordinator),
+            sites=SiteService(
+                db, signing_key.public_key(), offline_after_s=settings.site_offline_after_s
+            ),
+            runs=RunService(db, blobs, coordinator, offline_after_s=settings.site_offline_after_s),
             coordinator=coordinator,
             tasks=TaskService(db, signing_key, notifier, settings.max_wait_s),
             operations=OperationsService(db, blobs),

@@ -130,7 +130,15 @@ class RunConfig(WireModel):
 RunStatus = Literal["created", "running", "completed", "failed", "cancelled"]
 RoundState = Literal["created", "open", "aggregating", "closed", "failed", "cancelled"]
 SiteState = Literal[
-    "waiting", "downloading", "evaluating", "training", "sealing", "uploading", "uploaded", "error"
+    "waiting",
+    "downloading",
+    "evaluating",
+    "training",
+    "sealing",
+    "uploading",
+    "uploaded",
+    "error",
+    "offline",  # silent for longer than the server's site_offline_after_s
 ]
 
 
@@ -163,6 +171,7 @@ class SiteProgress(WireModel):
     num_samples: int | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     updated_at: datetime | None = None
+    last_seen_at: datetime | None = None
 
 
 class RoundInfo(WireModel):
@@ -206,6 +215,7 @@ class SiteInfo(WireModel):
     created_at: datetime
     enrolled_at: datetime | None = None
     last_seen_at: datetime | None = None
+    offline: bool = False
 
 
 class SiteCreated(WireModel):

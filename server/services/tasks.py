@@ -34,6 +34,7 @@ class TaskService:
         site.require_site()
         if wait < 0 or wait > self._max_wait_s:
             raise InvalidInput(f"wait must be between 0 and {self._max_wait_s} seconds")
+        await self._heartbeat(site)
         loop = asyncio.get_running_loop()
         until = loop.time() + wait
         while True:
@@ -43,6 +44,14 @@ class TaskService:
             if poll.task is not None or remaining <= 0:
                 return poll
             await self._notifier.wait(event, remaining)
+
+    async def _heartbeat(self, site: Principal) -> None:
+        """Each poll is a sign of life: the site's ``last_seen_at`` moves to now."""
+        assert site.site_id is not None
+        async with self._db.transaction() as repo:
+            row = await repo.site_by_id(site.site_id)
+            if row is not None:
+                row.last_seen_at = now()
 
     async def _poll(self, site: Principal) -> TaskPoll:
         assert site.site_id is not None
