@@ -270,30 +270,30 @@ def _run_agent(
 
 def _load_data(data_path: Path, cache_dir: Path, holdout: Path | None) -> Any:
     """Check the data once, then bring every usable case through the on-disk cache."""
-    from client.data import read_held_out, valid_cases
-    from client.training import load_site_data
+    from client.data import read_held_out
+    from client.training import open_site_data
 
-    cases, report = valid_cases(data_path, min_cases=2)
-    skipped = len(report.cases) - len(cases)
-    log.info(
-        "data %s: %d valid cases (%s layout)%s",
-        data_path,
-        len(cases),
-        report.layout,
-        f", {skipped} skipped (see fedseg client check-data)" if skipped else "",
-    )
     held_out = read_held_out(holdout) if holdout is not None else None
     started = time.perf_counter()
-    step = max(1, len(cases) // 10)
+    last = [started]
 
     def on_case(index: int, total: int, entry: Any, built: bool) -> None:
-        if index % step == 0 or index == total:
-            log.info("cache: %d/%d cases ready (%s)", index, total, entry.case_id)
+        if built and (time.perf_counter() - last[0] > 10 or index == total):
+            last[0] = time.perf_counter()
+            log.info("cache: case %d of %d ready (%s)", index, total, entry.case_id)
 
-    site_data = load_site_data(cases, cache_dir, held_out=held_out, on_case=on_case)
+    site_data, report = open_site_data(
+        data_path, cache_dir, held_out=held_out, min_cases=2, on_case=on_case
+    )
     stats = site_data.stats
+    skipped = len(report.cases) - len(site_data.cases)
     log.info(
-        "cache %s: %d cases reused, %d preprocessed (%.1f s) in %.1f s",
+        "data %s (%s layout): %d usable cases%s; cache %s: %d reused, %d preprocessed "
+        "(%.1f s), ready in %.1f s",
+        data_path,
+        report.layout,
+        len(site_data.cases),
+        f", {skipped} skipped (see fedseg client check-data)" if skipped else "",
         cache_dir,
         stats.reused,
         stats.built,

@@ -33,13 +33,11 @@ def load_splits(
     data_dirs: Mapping[str, Path], config: TrainingConfig, *, caches: Mapping[str, Path]
 ) -> list[SiteSplit]:
     """Each site's cases from its own cache, split as the site's client splits them."""
-    from client.data import valid_cases
-    from client.training import load_site_data
+    from client.training import open_site_data
 
     splits = []
     for name, path in data_dirs.items():
-        cases, _report = valid_cases(path)
-        data = load_site_data(cases, caches[name])
+        data, _report = open_site_data(path, caches[name], min_cases=1)
         train, val = data.split(config)
         splits.append(SiteSplit(name=name, train=train, val=val))
     return splits

@@ -33,8 +33,9 @@ from typing import Any, Final, TypeVar
 
 import numpy as np
 
+from client.data.checks import LoadedCase, read_case
 from client.data.layouts import Case
-from client.data.preprocess import PREPROCESSING_VERSION, Preprocessed, preprocess_case
+from client.data.preprocess import PREPROCESSING_VERSION, Preprocessed, preprocess_loaded
 from shared.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -152,10 +153,17 @@ class CaseCache:
         )
 
     def build(self, case: Case) -> CachedCase:
-        """Preprocess ``case`` (reading each source once) and store it atomically."""
-        sources = _sources(case)
+        """Read and check ``case`` (each source once), preprocess and store it atomically."""
+        report, loaded = read_case(case)
+        if loaded is None:
+            raise DataError(f"case {case.case_id} is unusable: {'; '.join(report.problems)}")
+        return self.store(loaded)
+
+    def store(self, loaded: LoadedCase) -> CachedCase:
+        """Preprocess voxels already read and checked, and store the entry atomically."""
+        case = loaded.case
         records: list[dict[str, Any]] = []
-        for path in sources:
+        for path in _sources(case):
             stat = path.stat()
             records.append(
                 {
@@ -165,7 +173,7 @@ class CaseCache:
                     "sha256": _sha256(path),
                 }
             )
-        done = preprocess_case(case)
+        done = preprocess_loaded(loaded)
         self.root.mkdir(parents=True, exist_ok=True)
         final = self.folder(case)
         scratch = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=self.root))

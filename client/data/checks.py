@@ -108,8 +108,26 @@ def _try_load(path: Path, name: str, report: CaseReport) -> _Volume | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class LoadedCase:
+    """A case that passed its checks, with the voxels the check read (read once, used twice).
+
+    ``images`` are in canonical order (t1, t1ce, t2, flair), as stored (3-D each).
+    """
+
+    case: Case
+    images: tuple[np.ndarray, ...]
+    affine: np.ndarray
+    label: np.ndarray
+
+
 def check_case(case: Case) -> CaseReport:
     """Every problem of one case; never raises for a damaged file."""
+    return read_case(case)[0]
+
+
+def read_case(case: Case) -> tuple[CaseReport, LoadedCase | None]:
+    """Read every file of ``case`` once, check it, and keep the voxels when it is clean."""
     report = CaseReport(case.case_id, case=case)
     volumes: dict[str, _Volume] = {}
     if case.is_4d:
@@ -147,7 +165,15 @@ def check_case(case: Case) -> CaseReport:
     else:
         label = _try_load(case.label, "label", report)
     _check_volumes(case, volumes, label, report)
-    return report
+    if not report.valid or label is None:
+        return report, None
+    loaded = LoadedCase(
+        case=case,
+        images=tuple(np.asarray(volumes[m].data) for m in MODALITIES),
+        affine=volumes[MODALITIES[0]].affine,
+        label=np.asarray(label.data),
+    )
+    return report, loaded
 
 
 def _check_volumes(

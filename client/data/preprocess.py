@@ -1,6 +1,7 @@
 """Preprocessing: one case's files to canonical arrays with MONAI, the same way everywhere.
 
-Load, channel first, canonical channel order (t1, t1ce, t2, flair), RAS orientation,
+The files are read once, by the checks (`read_case`, nibabel), which hand over the
+voxels in canonical channel order (t1, t1ce, t2, flair); then RAS orientation,
 BraTS labels to the three regions (TC, WT, ET), crop to the brain, channel-wise
 non-zero normalisation. Deterministic, so its output can be cached on disk
 (`client.data.cache`); `fedseg predict` runs the same function on a new case.
@@ -14,32 +15,19 @@ from typing import Any, Final
 
 import numpy as np
 import torch
+from monai.data.meta_tensor import MetaTensor
 from monai.transforms.compose import Compose
 from monai.transforms.croppad.dictionary import CropForegroundd
 from monai.transforms.intensity.dictionary import NormalizeIntensityd
-from monai.transforms.io.dictionary import LoadImaged
 from monai.transforms.spatial.dictionary import Orientationd
 from monai.transforms.transform import MapTransform
-from monai.transforms.utility.dictionary import EnsureChannelFirstd
 
+from client.data.checks import LoadedCase, read_case
 from client.data.layouts import REGION_CODES, Case
 from shared.errors import DataError
 
 # Bump whenever the output of `preprocess_case` would change: it keys the disk cache.
 PREPROCESSING_VERSION: Final = 1
-
-
-class CanonicalChannelsd(MapTransform):
-    """Reorder image channels to t1, t1ce, t2, flair using the case's ``channel_index``."""
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        """Apply to each key."""
-        out = dict(data)
-        order = list(out["channel_index"])
-        for key in self.key_iterator(out):
-            if out[key].shape[0] != len(order) or order != sorted(order):
-                out[key] = out[key][order]
-        return out
 
 
 class BratsRegionsd(MapTransform):
@@ -62,13 +50,10 @@ class BratsRegionsd(MapTransform):
 
 
 def preprocessing() -> Compose:
-    """The deterministic MONAI pipeline (a dict with ``image``/``label`` paths in)."""
+    """The deterministic MONAI pipeline after loading (channel-first MetaTensors in)."""
     keys = ["image", "label"]
     return Compose(
         [
-            LoadImaged(keys=keys, reader="NibabelReader", image_only=True),
-            EnsureChannelFirstd(keys=keys),
-            CanonicalChannelsd(keys="image"),
             Orientationd(keys=keys, axcodes="RAS", labels=None),
             BratsRegionsd(keys="label"),
             CropForegroundd(keys=keys, source_key="image", margin=2, allow_smaller=True),
@@ -87,24 +72,38 @@ class Preprocessed:
     spacing: tuple[float, float, float]
 
 
-def preprocess_case(case: Case) -> Preprocessed:
-    """Run the pipeline over one case's files; `DataError` on anything unusable."""
+def preprocess_loaded(loaded: LoadedCase) -> Preprocessed:
+    """Run the pipeline over voxels already read (and checked) by `read_case`."""
+    case = loaded.case
+    affine = torch.as_tensor(loaded.affine, dtype=torch.float64)
+    image = np.stack([np.asarray(a, dtype=np.float32) for a in loaded.images])
+    label = np.asarray(loaded.label, dtype=np.float32)[None]
+    item = {
+        "image": MetaTensor(torch.from_numpy(image), affine=affine),
+        "label": MetaTensor(torch.from_numpy(label), affine=affine),
+        "label_map": case.transform_dict()["label_map"],
+    }
     try:
-        item = preprocessing()(case.transform_dict())
-    except DataError:
-        raise
-    except Exception as exc:  # MONAI wraps reader errors in RuntimeError
+        out = preprocessing()(item)
+    except Exception as exc:  # MONAI wraps its errors in RuntimeError
         raise DataError(f"case {case.case_id} cannot be preprocessed: {exc}") from None
-    image, label = item["image"], item["label"]
-    pixdim = getattr(image, "pixdim", None)
-    spacing = tuple(float(s) for s in np.asarray(pixdim if pixdim is not None else (1, 1, 1)))
-    image_array = torch.as_tensor(image).detach().cpu().numpy().astype(np.float32, copy=False)
-    label_array = torch.as_tensor(label).detach().cpu().numpy().astype(np.uint8, copy=False)
+    result, regions = out["image"], out["label"]
+    spacing = tuple(float(s) for s in np.asarray(result.pixdim)[:3])
+    image_array = result.as_tensor().numpy().astype(np.float32, copy=False)
+    label_array = torch.as_tensor(regions).numpy().astype(np.uint8, copy=False)
     if not np.isfinite(image_array).all():
-        raise DataError(f"case {case.case_id} holds non-finite voxels after loading")
+        raise DataError(f"case {case.case_id} holds non-finite voxels after preprocessing")
     return Preprocessed(
         case_id=case.case_id,
         image=np.ascontiguousarray(image_array),
         label=np.ascontiguousarray(label_array),
         spacing=(spacing[0], spacing[1], spacing[2]),
     )
+
+
+def preprocess_case(case: Case) -> Preprocessed:
+    """Read, check and preprocess one case; `DataError` naming its problems if it is unusable."""
+    report, loaded = read_case(case)
+    if loaded is None:
+        raise DataError(f"case {case.case_id} is unusable: {'; '.join(report.problems)}")
+    return preprocess_loaded(loaded)

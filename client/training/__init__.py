@@ -16,7 +16,7 @@ from client.training.devices import (
 )
 from client.training.evaluation import evaluate, evaluation_roi
 from client.training.metrics import METRIC_KEYS, case_metrics, mean_metrics
-from client.training.site import SiteData, load_site_data
+from client.training.site import SiteData, load_site_data, open_site_data
 from client.training.steps import (
     TrainResult,
     build_model,
@@ -42,6 +42,7 @@ __all__ = [
     "evaluation_roi",
     "load_site_data",
     "mean_metrics",
+    "open_site_data",
     "resolve_device",
     "resolve_precision",
     "step_model",

@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 
 from client.data.cache import CachedCase, CacheStats, load_cases
+from client.data.checks import DataReport
+from client.data.intake import intake
 from client.data.layouts import Case
 from client.data.splits import Split, split_ids
 from client.training.crops import CropPool
@@ -53,6 +55,29 @@ class SiteData:
         return self._pools[key]
 
 
+def open_site_data(
+    path: Path,
+    cache_dir: Path,
+    *,
+    held_out: Sequence[str] | None = None,
+    min_cases: int = 2,
+    on_case: Callable[[int, int, CachedCase, bool], None] | None = None,
+) -> tuple[SiteData, DataReport]:
+    """A dataset folder through `client.data.intake` (each file read at most once)."""
+    cached, report, stats = intake(path, cache_dir, min_cases=min_cases, on_case=on_case)
+    data = SiteData({c.case_id: c for c in cached}, stats=stats)
+    _pin(data, held_out)
+    return data, report
+
+
+def _pin(data: SiteData, held_out: Sequence[str] | None) -> None:
+    if held_out is not None:
+        unknown = sorted(set(held_out) - set(data.cases))
+        if unknown:
+            log.warning("held-out list names %d unknown cases: %s", len(unknown), unknown[:5])
+        data.held_out = tuple(held_out)
+
+
 def load_site_data(
     cases: Sequence[Case],
     cache_dir: Path,
@@ -63,9 +88,5 @@ def load_site_data(
     """Every case through the on-disk cache (each source read once, only when stale)."""
     cached, stats = load_cases(cases, cache_dir, on_case=on_case)
     data = SiteData({c.case_id: c for c in cached}, stats=stats)
-    if held_out is not None:
-        unknown = sorted(set(held_out) - set(data.cases))
-        if unknown:
-            log.warning("held-out list names %d unknown cases: %s", len(unknown), unknown[:5])
-        data.held_out = tuple(held_out)
+    _pin(data, held_out)
     return data

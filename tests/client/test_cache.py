@@ -115,3 +115,33 @@ def test_nothing_half_written_is_left_behind(dataset: Path, tmp_path: Path, monk
         load_cases(cases[:1], tmp_path / "cache")
     root = CaseCache(tmp_path / "cache").root
     assert list(root.iterdir()) == []
+
+
+def test_intake_reads_each_file_once_cold_and_none_warm(
+    dataset: Path, tmp_path: Path, nifti_loads
+) -> None:
+    """The agent's start: checks and preprocessing share one read; a warm start reads none."""
+    from client.data.intake import intake
+
+    cached, report, stats = intake(dataset, tmp_path / "cache")
+    assert stats.built == 3 and report.valid_cases == 3
+    assert sorted(nifti_loads) == sorted(set(nifti_loads)) and len(nifti_loads) == 15
+    nifti_loads.clear()
+    again, report, stats = intake(dataset, tmp_path / "cache")
+    assert stats.reused == 3 and nifti_loads == [] and report.valid_cases == 3
+    assert [c.case_id for c in again] == [c.case_id for c in cached]
+
+
+def test_intake_never_uses_a_duplicate_or_broken_case(tmp_path: Path) -> None:
+    from client.data.intake import intake
+    from tests.client.test_data import brats_case, break_case
+
+    brats_case(tmp_path / "HGG", "Brats18_X_1")
+    brats_case(tmp_path / "LGG", "Brats18_X_1")  # the same id twice: neither is used
+    brats_case(tmp_path / "HGG", "Brats18_Y_1")
+    brats_case(tmp_path / "HGG", "Brats18_Z_1")
+    break_case(brats_case(tmp_path / "LGG", "Brats18_T_1"), "truncated")
+    cached, report, _ = intake(tmp_path, tmp_path / "cache")
+    assert sorted(c.case_id for c in cached) == ["Brats18_Y_1", "Brats18_Z_1"]
+    invalid = sorted(r.case_id for r in report.cases if not r.valid)
+    assert invalid == ["Brats18_T_1", "Brats18_X_1", "Brats18_X_1"]
