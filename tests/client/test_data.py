@@ -258,3 +258,36 @@ def test_valid_cases_discovers_once(tmp_path: Path, monkeypatch) -> None:
     cases, report = valid_cases(tmp_path, min_cases=2)
     assert len(calls) == 1
     assert [id(c) for c in cases] == [id(r.case) for r in report.cases]
+
+
+def test_preprocessing_matches_monai_loading_and_orientation(tmp_path: Path) -> None:
+    """Reading once with nibabel and reorienting by hand gives MONAI's LoadImaged+Orientationd."""
+    from monai.transforms.compose import Compose
+    from monai.transforms.io.dictionary import LoadImaged
+    from monai.transforms.spatial.dictionary import Orientationd
+    from monai.transforms.utility.dictionary import EnsureChannelFirstd
+
+    from client.data.preprocess import preprocessing
+    from client.phantoms import generate
+
+    generate(tmp_path, cases=1, size=20, seed=2)
+    case = discover(tmp_path).cases[0]
+    keys = ["image", "label"]
+    loaded = Compose(
+        [
+            LoadImaged(keys=keys, reader="NibabelReader", image_only=True),
+            EnsureChannelFirstd(keys=keys),
+            Orientationd(keys=keys, axcodes="RAS", labels=None),
+        ]
+    )(case.transform_dict())
+    reference = preprocessing()(
+        {
+            "image": loaded["image"].numpy(),
+            "label": loaded["label"].numpy(),
+            "label_map": case.transform_dict()["label_map"],
+        }
+    )
+    ours = preprocess_case(case)
+    assert np.allclose(ours.image, np.asarray(reference["image"]), atol=1e-5)
+    assert np.array_equal(ours.label, np.asarray(reference["label"]))
+    assert np.allclose(ours.spacing, loaded["image"].pixdim[:3])
