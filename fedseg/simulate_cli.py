@@ -24,7 +24,14 @@ from rich.text import Text
 
 from fedseg import admin_views as views
 from fedseg.console import duration, errors_as_messages, stderr, stdout
-from fedseg.report import build_report, dice_table, plot_dice, timing_table, write_report
+from fedseg.report import (
+    build_report,
+    dice_table,
+    hd95_table,
+    plot_dice,
+    timing_table,
+    write_report,
+)
 from fedseg.simulate import Federation, SimulationConfig, prepare_workdir
 from fedseg.simulate_procs import TerminationRequested, sigterm_as_interrupt
 from shared import crypto
@@ -353,6 +360,8 @@ class Simulation:
         workdir = self.config.workdir
         write_report(report, workdir / "report.json")
         stdout.print(dice_table(report))
+        if report.get("hd95_by_version"):
+            stdout.print(hd95_table(report))
         stdout.print(timing_table(report))
         try:
             plot_dice(report, workdir / "dice.png")
