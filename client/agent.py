@@ -13,7 +13,6 @@ the round is simply done again. A 409 for a closed round drops the update for go
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -28,11 +27,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from client.sealing import seal_round
 from client.state import StateDir
 from client.training.steps import TrainResult
-from shared import crypto, routes
-from shared.bundle import open_bundle
+from client.verification import check_receipt, open_base_model
+from shared import routes
 from shared.errors import (
     AuthError,
-    BundleError,
     Conflict,
     FedsegError,
     IntegrityError,
@@ -142,25 +140,9 @@ class Agent:
 
     def fetch_model(self, task: Task) -> Tensors:
         """Download the task's base model and verify it against the pinned key and task."""
-        version = task.round - 1
-        dest = self.state.bundle_path(task.run_id, version)
+        dest = self.state.bundle_path(task.run_id, task.round - 1)
         self.transport.download(task.bundle_path, dest)
-        trusted = {crypto.key_id(self.keys.server_key): self.keys.server_key}
-        try:
-            opened = open_bundle(dest, trusted)
-            manifest = opened.manifest
-            if manifest.weights_sha256 != task.model_sha256:
-                raise BundleError("bundle weights are not the model the task names")
-            if (manifest.run_id, manifest.round) != (task.run_id, version):
-                raise BundleError(
-                    f"bundle is {manifest.run_id} v{manifest.round}, not {task.run_id} v{version}"
-                )
-            if manifest.model != task.model or manifest.model_params != task.model_params:
-                raise BundleError("bundle model differs from the task's model")
-        except FedsegError:
-            dest.unlink(missing_ok=True)  # never keep bytes that failed verification
-            raise
-        return opened.tensors
+        return open_base_model(dest, task, self.keys.server_key)
 
     def run_task(self, signed: SignedTask) -> Outcome:
         """Do one round's work, or re-send the round's sealed update if it exists."""
@@ -331,26 +313,6 @@ class Agent:
                 return 0
             self.sleep(min(poll.retry_after_s, poll_wait))
         return 0
-
-
-def check_receipt(
-    receipt: UpdateReceipt, envelope: bytes, *, run_id: str, round_number: int, site: str
-) -> None:
-    """Fail closed unless the receipt acknowledges exactly the envelope that was sent."""
-    expected = hashlib.sha256(envelope).hexdigest()
-    if receipt.update_sha256 != expected:
-        raise IntegrityError(
-            f"round {run_id}/{round_number}: the server's receipt names update sha256 "
-            f"{receipt.update_sha256[:16]}…, but the site sent {expected[:16]}…; "
-            "not recording it as accepted",
-            code="hash_mismatch",
-        )
-    if (receipt.run_id, receipt.round, receipt.site) != (run_id, round_number, site):
-        raise IntegrityError(
-            f"the server's receipt is for {receipt.site} in {receipt.run_id}/{receipt.round}, "
-            f"not {site} in {run_id}/{round_number}; not recording it as accepted",
-            code="hash_mismatch",
-        )
 
 
 def _now() -> str:

@@ -68,8 +68,9 @@ def to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarra
     The same flips and axis swaps (nibabel's orientation algebra, which MONAI's
     transform calls), done on plain arrays: MetaTensor bookkeeping cost seconds here.
     """
-    from nibabel import orientations
+    from nibabel import orientations as nibabel_orientations
 
+    orientations: Any = nibabel_orientations  # nibabel ships no type hints
     current = orientations.io_orientation(affine)
     change = orientations.ornt_transform(current, orientations.axcodes2ornt(("R", "A", "S")))
     moved = orientations.apply_orientation(array, change)
