@@ -84,3 +84,16 @@ def test_learning_beats_the_untrained_model(phantoms48: Path, tmp_path: Path) ->
     )
     assert after["dice_wt"] > before["dice_wt"] + 0.25
     assert after["dice_wt"] > 0.4
+
+
+def test_compile_falls_back_to_eager_on_cpu_and_says_so(caplog) -> None:
+    import logging
+
+    from client.training import step_model
+
+    model = build_model("segresnet-small", {}, None)
+    caplog.set_level(logging.INFO)
+    assert step_model(model, CPU, compile=True) is model
+    assert any("eager on CPU" in record.message for record in caplog.records)
+    assert step_model(model, CPU, compile=False) is model
+    assert TrainingConfig().compile is False and TrainingConfig(compile=True).compile
