@@ -109,6 +109,12 @@ def child(args: argparse.Namespace) -> None:
     intake_s = time.perf_counter() - started
     config = TrainingConfig(local_steps=args.steps, batch_size=1, crop_size=args.crop)
     rss_after_intake = peak_rss_mb()
+    if args.intake_only:
+        print(json.dumps({"cases": len(data.cases), "built": data.stats.built,
+                          "reused": data.stats.reused, "building_s": data.stats.seconds_building,
+                          "intake_s": intake_s, "rss_after_intake_mb": rss_after_intake,
+                          "peak_rss_mb": peak_rss_mb()}), flush=True)  # fmt: skip
+        return
     weights = state_tensors(models.build("segresnet-small", {}, seed=0).state_dict())
     started = time.perf_counter()
     result = train("segresnet-small", {}, weights, config, data, device)
@@ -140,7 +146,9 @@ def child(args: argparse.Namespace) -> None:
     )
 
 
-def start(data: Path, cache: Path, args: argparse.Namespace) -> dict[str, float]:
+def start(
+    data: Path, cache: Path, args: argparse.Namespace, *, intake_only: bool = False
+) -> dict[str, float]:
     command = [
         sys.executable,
         __file__,
@@ -157,6 +165,7 @@ def start(data: Path, cache: Path, args: argparse.Namespace) -> dict[str, float]
         str(args.eval_cases),
         "--threads",
         str(args.threads),
+        *(["--intake-only"] if intake_only else []),
     ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     answer = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
@@ -176,6 +185,7 @@ def main() -> None:
     parser.add_argument("--eval-cases", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--intake-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--cache", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -194,14 +204,15 @@ def main() -> None:
             data = generate(root, total=count, unique=min(args.unique, count))
             cache = caches / f"cache{count}"
             cold = start(data, cache, args)
-            warm = start(data, cache, args)
+            warm = start(data, cache, args, intake_only=True)  # a restart: intake alone
             results[count] = (cold, warm)
             print(
                 f"{count:3d} cases: cold {cold['building_s'] / max(cold['built'], 1):.2f} s/case "
                 f"(intake {cold['intake_s']:.1f} s), warm {warm['intake_s'] / count:.3f} s/case, "
                 f"peak RSS cold {cold['peak_rss_mb']:.0f} MB, warm {warm['peak_rss_mb']:.0f} MB "
                 f"(after intake {cold['rss_after_intake_mb']:.0f} MB), "
-                f"train {cold['train_s']:.1f} s, eval {cold['eval_s']:.1f} s",
+                f"{args.steps} steps {cold['train_s']:.1f} s, "
+                f"{args.eval_cases} full-size evaluation {cold['eval_s']:.1f} s",
                 flush=True,
             )
     finally:
