@@ -213,6 +213,9 @@ class Agent:
         envelope = entry.update.read_bytes()
         if task is not None:
             self._report(task, "uploading")
+        progress.info(
+            "round %d: uploading the sealed update (%d bytes)", round_number, len(envelope)
+        )
         started = time.perf_counter()
         try:
             receipt = self.transport.upload(path, envelope)

@@ -312,3 +312,16 @@ def test_a_lying_receipt_never_stops_the_flush(server, state) -> None:
     server.receipt_sha256 = "f" * 64
     assert make_agent(server, state).flush_pending() == 0
     assert not state.ledger("run1", 1).receipt.exists()
+
+
+def test_one_info_line_per_phase(server, state, caplog) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="client.progress")
+    assert make_agent(server, state).run_task(server.task()) == "uploaded"
+    lines = [r.message for r in caplog.records if r.name == "client.progress"]
+    phases = ["downloaded and verified", "trained 3 steps", "sealed", "uploading", "accepted"]
+    assert [next(i for i, line in enumerate(lines) if p in line) for p in phases] == sorted(
+        next(i for i, line in enumerate(lines) if p in line) for p in phases
+    )
+    assert all(r.levelno == logging.INFO for r in caplog.records if r.name == "client.progress")
