@@ -37,3 +37,24 @@ def test_split_and_evaluation_flags_reach_the_training_config() -> None:
 def test_an_impossible_fraction_is_refused() -> None:
     with pytest.raises((FedsegError, ValueError)):
         build_run_config(**BASE, val_fraction=1.5)
+
+
+def test_library_noise_is_off_unless_verbose() -> None:
+    import logging
+
+    from fedseg.client_cli import NOISY_LOGGERS, _setup_logging
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, {n: logging.getLogger(n).level for n in NOISY_LOGGERS})
+    try:
+        _setup_logging(False)
+        assert logging.getLogger("httpx").level == logging.WARNING
+        assert logging.getLogger("httpcore").level == logging.WARNING
+        assert root.level == logging.INFO
+        _setup_logging(True)
+        assert logging.getLogger("httpcore").level == logging.DEBUG
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        for name, level in saved[2].items():
+            logging.getLogger(name).setLevel(level)
