@@ -85,7 +85,13 @@ def create_app(settings: Settings) -> FastAPI:
             ),
             runs=RunService(db, blobs, coordinator, offline_after_s=settings.site_offline_after_s),
             coordinator=coordinator,
-            tasks=TaskService(db, signing_key, notifier, settings.max_wait_s),
+            tasks=TaskService(
+                db,
+                signing_key,
+                notifier,
+                settings.max_wait_s,
+                heartbeat_every_s=settings.site_offline_after_s / 10,
+            ),
             operations=OperationsService(db, blobs),
             metrics=metrics,
         )

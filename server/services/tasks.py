@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, timedelta
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -22,40 +23,48 @@ class TaskService:
     """Finds a site's next round to work on and signs it as a task."""
 
     def __init__(
-        self, db: Database, signing_key: Ed25519PrivateKey, notifier: Notifier, max_wait_s: float
+        self,
+        db: Database,
+        signing_key: Ed25519PrivateKey,
+        notifier: Notifier,
+        max_wait_s: float,
+        *,
+        heartbeat_every_s: float = 5.0,
     ) -> None:
         self._db = db
         self._signing_key = signing_key
         self._notifier = notifier
         self._max_wait_s = max_wait_s
+        self._heartbeat_every = timedelta(seconds=heartbeat_every_s)
 
     async def next_task(self, site: Principal, wait: float) -> TaskPoll:
         """The oldest open round the site still owes an update to; waits up to ``wait`` s."""
         site.require_site()
         if wait < 0 or wait > self._max_wait_s:
             raise InvalidInput(f"wait must be between 0 and {self._max_wait_s} seconds")
-        await self._heartbeat(site)
         loop = asyncio.get_running_loop()
         until = loop.time() + wait
+        beat = True  # each poll is a sign of life, recorded in its first read
         while True:
             event = self._notifier.current()
-            poll = await self._poll(site)
+            poll = await self._poll(site, beat=beat)
+            beat = False
             remaining = until - loop.time()
             if poll.task is not None or remaining <= 0:
                 return poll
             await self._notifier.wait(event, remaining)
 
-    async def _heartbeat(self, site: Principal) -> None:
-        """Each poll is a sign of life: the site's ``last_seen_at`` moves to now."""
+    async def _poll(self, site: Principal, *, beat: bool = False) -> TaskPoll:
         assert site.site_id is not None
         async with self._db.transaction() as repo:
-            row = await repo.site_by_id(site.site_id)
-            if row is not None:
-                row.last_seen_at = now()
-
-    async def _poll(self, site: Principal) -> TaskPoll:
-        assert site.site_id is not None
-        async with self._db.transaction() as repo:
+            if beat:  # last_seen_at moves with polls, written at most once per heartbeat_every
+                me = await repo.site_by_id(site.site_id)
+                moment = now()
+                seen = me.last_seen_at if me is not None else None
+                if seen is not None and seen.tzinfo is None:
+                    seen = seen.replace(tzinfo=UTC)
+                if me is not None and (seen is None or moment - seen >= self._heartbeat_every):
+                    me.last_seen_at = moment
             runs = await repo.running_runs_of_site(site.site_id)
             for run in runs:
                 if run.current_round is None:
