@@ -126,8 +126,12 @@ def check_case(case: Case) -> CaseReport:
     return read_case(case)[0]
 
 
-def read_case(case: Case) -> tuple[CaseReport, LoadedCase | None]:
-    """Read every file of ``case`` once, check it, and keep the voxels when it is clean."""
+def read_case(case: Case, *, labelled: bool = True) -> tuple[CaseReport, LoadedCase | None]:
+    """Read every file of ``case`` once, check it, and keep the voxels when it is clean.
+
+    ``labelled=False`` (inference on a new case) accepts a case without a label and
+    hands over an all-background one.
+    """
     report = CaseReport(case.case_id, case=case)
     volumes: dict[str, _Volume] = {}
     if case.is_4d:
@@ -159,19 +163,21 @@ def read_case(case: Case) -> tuple[CaseReport, LoadedCase | None]:
                     volumes[modality] = volume
     label: _Volume | None = None
     if case.label is None:
-        report.problems.append("label: missing segmentation")
+        if labelled:
+            report.problems.append("label: missing segmentation")
     elif not case.label.is_file():
         report.problems.append(f"label: missing file {case.label.name}")
     else:
         label = _try_load(case.label, "label", report)
     _check_volumes(case, volumes, label, report)
-    if not report.valid or label is None:
+    if not report.valid or (label is None and labelled):
         return report, None
+    images = tuple(np.asarray(volumes[m].data) for m in MODALITIES)
     loaded = LoadedCase(
         case=case,
-        images=tuple(np.asarray(volumes[m].data) for m in MODALITIES),
+        images=images,
         affine=volumes[MODALITIES[0]].affine,
-        label=np.asarray(label.data),
+        label=np.zeros(images[0].shape, np.uint8) if label is None else np.asarray(label.data),
     )
     return report, loaded
 

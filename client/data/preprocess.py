@@ -95,7 +95,7 @@ def preprocess_loaded(loaded: LoadedCase) -> Preprocessed:
     item = {
         "image": np.stack(channels),
         "label": np.asarray(label)[None],
-        "label_map": case.transform_dict()["label_map"],
+        "label_map": [[int(k), int(v)] for k, v in sorted(case.label_map.items())],
     }
     del channels
     tracking = get_track_meta()
@@ -119,9 +119,12 @@ def preprocess_loaded(loaded: LoadedCase) -> Preprocessed:
     )
 
 
-def preprocess_case(case: Case) -> Preprocessed:
-    """Read, check and preprocess one case; `DataError` naming its problems if it is unusable."""
-    report, loaded = read_case(case)
+def preprocess_case(case: Case, *, labelled: bool = True) -> Preprocessed:
+    """Read, check and preprocess one case; `DataError` naming its problems if it is unusable.
+
+    ``labelled=False`` preprocesses a case without a label (its regions come back empty).
+    """
+    report, loaded = read_case(case, labelled=labelled)
     if loaded is None:
         raise DataError(f"case {case.case_id} is unusable: {'; '.join(report.problems)}")
     return preprocess_loaded(loaded)

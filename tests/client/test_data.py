@@ -9,6 +9,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from client.data import MODALITIES, check_dataset, discover, valid_cases
@@ -291,3 +292,15 @@ def test_preprocessing_matches_monai_loading_and_orientation(tmp_path: Path) -> 
     assert np.allclose(ours.image, np.asarray(reference["image"]), atol=1e-5)
     assert np.array_equal(ours.label, np.asarray(reference["label"]))
     assert np.allclose(ours.spacing, loaded["image"].pixdim[:3])
+
+
+def test_a_case_without_label_preprocesses_for_inference(tmp_path: Path) -> None:
+    from shared.errors import DataError
+
+    folder = brats_case(tmp_path, "new_case")
+    (folder / "new_case_seg.nii.gz").unlink()
+    case = discover(tmp_path).cases[0]
+    with pytest.raises(DataError, match="missing segmentation"):
+        preprocess_case(case)
+    done = preprocess_case(case, labelled=False)
+    assert done.image.shape[0] == 4 and not done.label.any()
