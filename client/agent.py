@@ -13,11 +13,8 @@ the round is simply done again. A 409 for a closed round drops the update for go
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -25,21 +22,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, Protocol
 
-import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from client.sealing import seal_round
 from client.state import StateDir
-from client.training import (
-    Precision,
-    SiteData,
-    TrainResult,
-    evaluate,
-    evaluation_roi,
-    train,
-)
+from client.training.steps import TrainResult
+from client.verification import check_receipt, open_base_model
 from shared import crypto, routes
-from shared.bundle import open_bundle
-from shared.errors import AuthError, BundleError, Conflict, FedsegError, Unavailable
+from shared.errors import (
+    AuthError,
+    Conflict,
+    FedsegError,
+    IntegrityError,
+    Unavailable,
+)
 from shared.files import write_atomic
 from shared.rotation import follow_rotations
 from shared.schemas import (
@@ -49,15 +45,13 @@ from shared.schemas import (
     StatusReport,
     Task,
     TaskPoll,
-    UpdateHeader,
     UpdateReceipt,
-    canonical_json,
 )
 from shared.tasks import verify_task
-from shared.tensors import Tensors, delta, to_safetensors
-from shared.updates import seal_update_payload
+from shared.tensors import Tensors
 
 log = logging.getLogger(__name__)
+progress = logging.getLogger("client.progress")
 
 DROP_CODES = frozenset({"round_closed", "round_not_open", "stale_round", "update_conflict"})
 Outcome = Literal["uploaded", "dropped", "pending"]
@@ -88,73 +82,15 @@ class Transport(Protocol):
 
 
 class Trainer(Protocol):
-    """What the agent needs from local training (see `LocalTrainer`)."""
+    """What the agent needs from local training (see `client.trainer.LocalTrainer`)."""
 
     def evaluate(self, task: Task, weights: Tensors) -> dict[str, float]:
-        """Dice of the received model on the site's validation split."""
+        """Metrics of the received model on the site's validation split ({} when skipped)."""
         ...
 
     def train(self, task: Task, weights: Tensors) -> TrainResult:
         """Train from ``weights`` as the task says."""
         ...
-
-
-class LocalTrainer:
-    """`Trainer` over `client.training` and data loaded once for the whole process."""
-
-    def __init__(self, data: SiteData, device: torch.device, precision: Precision = "auto"):
-        self.data = data
-        self.device = device
-        self.precision = precision
-
-    def evaluate(self, task: Task, weights: Tensors) -> dict[str, float]:
-        """Dice on the validation split the task's training config defines."""
-        config = task.training
-        _, val = self.data.split(config.val_fraction, config.seed, config.max_val_cases)
-        return evaluate(
-            task.model,
-            task.model_params,
-            weights,
-            val,
-            self.device,
-            roi_size=evaluation_roi(config.crop_size),
-            precision=self.precision,
-        )
-
-    def train(self, task: Task, weights: Tensors) -> TrainResult:
-        """Train with a seed drawn from the run, round and config: reproducible per round."""
-        digest = hashlib.sha256(f"{task.run_id}/{task.round}/{task.training.seed}".encode())
-        seed = int.from_bytes(digest.digest()[:4], "big")
-        return train(
-            task.model,
-            task.model_params,
-            weights,
-            task.training,
-            self.data,
-            self.device,
-            seed=seed,
-            precision=self.precision,
-        )
-
-
-def clip_update(change: Tensors, clip_norm: float) -> tuple[Tensors, float]:
-    """Scale ``change`` to an L2 norm of at most ``clip_norm``; return it and the old norm."""
-    squares = [t.double().square().sum() for t in change.values() if t.is_floating_point()]
-    norm = float(torch.stack(squares).sum().sqrt()) if squares else 0.0
-    if norm <= clip_norm:
-        return change, norm
-    scale = clip_norm / norm
-    return {
-        name: (t * scale).to(t.dtype) if t.is_floating_point() else t for name, t in change.items()
-    }, norm
-
-
-def _finite(metrics: Mapping[str, float]) -> dict[str, float]:
-    """The finite metrics only: the server refuses NaN and Inf (a diverged loss, say)."""
-    kept = {name: value for name, value in metrics.items() if math.isfinite(value)}
-    if len(kept) != len(metrics):
-        log.warning("left out non-finite metrics: %s", sorted(set(metrics) - set(kept)))
-    return kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,32 +147,9 @@ class Agent:
 
     def fetch_model(self, task: Task) -> Tensors:
         """Download the task's base model and verify it against the pinned key and task."""
-        version = task.round - 1
-        dest = self.state.bundle_path(task.run_id, version)
+        dest = self.state.bundle_path(task.run_id, task.round - 1)
         self.transport.download(task.bundle_path, dest)
-        trusted = {key_id: key for key_id, (key, _) in self.keys.retired.items()}
-        trusted[crypto.key_id(self.keys.server_key)] = self.keys.server_key
-        try:
-            opened = open_bundle(dest, trusted)
-            manifest = opened.manifest
-            retired = self.keys.retired.get(manifest.key_id)
-            if retired is not None and manifest.created_at >= retired[1]:
-                raise BundleError(
-                    "bundle is signed by a retired server key after its retirement",
-                    code="unknown_key",
-                )
-            if manifest.weights_sha256 != task.weights_sha256:
-                raise BundleError("bundle weights are not the model the task names")
-            if (manifest.run_id, manifest.version) != (task.run_id, version):
-                raise BundleError(
-                    f"bundle is {manifest.run_id} v{manifest.version}, not {task.run_id} v{version}"
-                )
-            if manifest.model != task.model or manifest.model_params != task.model_params:
-                raise BundleError("bundle model differs from the task's model")
-        except FedsegError:
-            dest.unlink(missing_ok=True)  # never keep bytes that failed verification
-            raise
-        return opened.tensors
+        return open_base_model(dest, task, self.keys.server_key, self.keys.retired)
 
     def follow_key_rotation(self, key_id: str) -> bool:
         """Pin ``key_id`` if rotations signed from the pinned key lead to it; say so.
@@ -284,53 +197,47 @@ class Agent:
         started = time.perf_counter()
         base = self.fetch_model(task)
         timings["time_download"] = time.perf_counter() - started
+        progress.info(
+            "round %d: downloaded and verified model v%d in %.1f s",
+            task.round,
+            task.round - 1,
+            timings["time_download"],
+        )
 
         self._report(task, "evaluating")
         started = time.perf_counter()
-        dice = self.trainer.evaluate(task, base)
+        scores = self.trainer.evaluate(task, base)
         timings["time_evaluate"] = time.perf_counter() - started
-        self._report(task, "training", metrics=dice)
+        self._report(task, "training", metrics=scores)
 
         started = time.perf_counter()
         result = self.trainer.train(task, base)
         timings["time_train"] = time.perf_counter() - started
+        progress.info(
+            "round %d: trained %d steps in %.1f s (loss %.4f)",
+            task.round,
+            result.steps,
+            timings["time_train"],
+            result.loss,
+        )
 
         self._report(task, "sealing")
-        started = time.perf_counter()
-        change = delta(result.weights, base)
-        norm: float | None = None
-        if task.privacy.clip_norm is not None:
-            change, norm = clip_update(change, task.privacy.clip_norm)
-        payload = to_safetensors(change)
-        timings["time_seal"] = time.perf_counter() - started  # delta, clip, serialise
-        header = UpdateHeader(
-            run_id=task.run_id,
-            round=task.round,
+        header = seal_round(
+            task=task,
             site=self.keys.site,
-            base_weights_sha256=task.weights_sha256,
+            site_key=self.keys.site_key,
+            weights=result.weights,
+            base=base,
             num_samples=result.num_samples,
-            metrics=_finite({**dice, "train_loss": result.loss, **timings}),
-            created_at=datetime.now(UTC),
+            metrics={**scores, "train_loss": result.loss, **timings},
+            entry=entry,
         )
-        round_key = crypto.x25519_public_from_bytes(base64.b64decode(task.round_public_key))
-        envelope = seal_update_payload(
-            header, payload, round_key=round_key, site_key=self.keys.site_key
+        progress.info(
+            "round %d: sealed the update (%d bytes) in %.1f s",
+            task.round,
+            entry.update.stat().st_size,
+            header.metrics["time_seal"],
         )
-        write_atomic(entry.header, canonical_json(header))
-        write_atomic(entry.delta, payload)
-        digests = {
-            "run_id": task.run_id,
-            "round": task.round,
-            "upload_path": task.upload_path,
-            "base_weights_sha256": task.weights_sha256,
-            "delta_sha256": hashlib.sha256(payload).hexdigest(),
-            "update_sha256": hashlib.sha256(envelope).hexdigest(),
-            "num_samples": result.num_samples,
-            "clip_norm": task.privacy.clip_norm,
-            "delta_norm_before_clip": norm,
-        }
-        write_atomic(entry.digests, json.dumps(digests, indent=2).encode())
-        write_atomic(entry.update, envelope)  # last: from here on this update is final
         return self._upload(task.run_id, task.round, task.upload_path, task, header.metrics)
 
     def _upload(
@@ -345,6 +252,10 @@ class Agent:
         envelope = entry.update.read_bytes()
         if task is not None:
             self._report(task, "uploading")
+        progress.info(
+            "round %d: uploading the sealed update (%d bytes)", round_number, len(envelope)
+        )
+        started = time.perf_counter()
         try:
             receipt = self.transport.upload(path, envelope)
         except Conflict as exc:
@@ -354,13 +265,21 @@ class Agent:
             record = {"code": exc.code, "message": exc.message, "at": _now()}
             write_atomic(entry.dropped, json.dumps(record, indent=2).encode())
             return "dropped"
-        expected = hashlib.sha256(envelope).hexdigest()
-        if receipt.update_sha256 != expected:
-            log.warning("round %s/%d: receipt names another sha256", run_id, round_number)
+        check_receipt(
+            receipt, envelope, run_id=run_id, round_number=round_number, site=self.keys.site
+        )
         write_atomic(entry.receipt, receipt.model_dump_json(indent=2).encode())
         if task is not None:
             self._report(task, "uploaded", metrics=metrics)
-        log.info("round %s/%d: update accepted", run_id, round_number)
+        progress.info(
+            "round %d: update accepted (%s/%d, %d bytes in %.1f s, receipt sha256 %s…)",
+            round_number,
+            run_id,
+            round_number,
+            len(envelope),
+            time.perf_counter() - started,
+            receipt.update_sha256[:12],
+        )
         return "uploaded"
 
     def flush_pending(self) -> int:
@@ -380,6 +299,8 @@ class Agent:
                     sent += 1
             except Unavailable as exc:
                 log.warning("pending update %s/%d not sent yet: %s", run_id, round_number, exc)
+            except IntegrityError as exc:
+                log.error("pending update %s/%d: %s", run_id, round_number, exc.message)
         return sent
 
     # --- the loop ----------------------------------------------------------------------

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from client import data
+from client.data.layouts import case_in_folder
 from shared.errors import DataError
 
 if TYPE_CHECKING:
@@ -20,10 +21,7 @@ if TYPE_CHECKING:
 
 def _single_case(folder: Path) -> data.Case | None:
     """The case whose modality files lie directly in ``folder``, if they do."""
-    cases = [
-        c for c in data._discover_case_dirs(folder.parent, "brats2021") if c.case_id == folder.name
-    ]
-    return cases[0] if cases else None
+    return case_in_folder(folder)
 
 
 def find_cases(inputs: Sequence[Path]) -> tuple[list[data.Case], list[CaseResult]]:

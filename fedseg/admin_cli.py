@@ -305,6 +305,10 @@ def build_run_config(
     learning_rate: float | None,
     round_timeout: float | None,
     seed: int | None,
+    val_fraction: float | None = None,
+    eval_every: int | None = None,
+    eval_max_cases: int | None = None,
+    compile_step: bool | None = None,
 ) -> tuple[str | None, RunConfig]:
     """A `RunConfig` from a file and/or flags; flags override the file."""
     name: str | None = None
@@ -330,6 +334,10 @@ def build_run_config(
         "crop_size": crop_size,
         "batch_size": batch_size,
         "learning_rate": learning_rate,
+        "val_fraction": val_fraction,
+        "eval_every": eval_every,
+        "eval_max_cases": eval_max_cases,
+        "compile": compile_step,
     }
     if any(value is not None for value in training.values()):
         merged = dict(data.get("training") or {})
@@ -444,6 +452,40 @@ def runs_create(
             show_default=_default(RunConfig, "seed"),
         ),
     ] = None,
+    val_fraction: Annotated[
+        float | None,
+        typer.Option(
+            "--val-fraction",
+            help="Share of each site's cases held out, 0-1.",
+            show_default=_default(TrainingConfig, "val_fraction"),
+        ),
+    ] = None,
+    eval_every: Annotated[
+        int | None,
+        typer.Option(
+            "--eval-every",
+            min=1,
+            help="Evaluate every N rounds.",
+            show_default=_default(TrainingConfig, "eval_every"),
+        ),
+    ] = None,
+    eval_max_cases: Annotated[
+        int | None,
+        typer.Option(
+            "--eval-max-cases",
+            min=1,
+            help="Validation cases scored per round.",
+            show_default=_default(TrainingConfig, "eval_max_cases"),
+        ),
+    ] = None,
+    compile_step: Annotated[
+        bool | None,
+        typer.Option(
+            "--compile/--no-compile",
+            help="torch.compile the training step on CUDA.",
+            show_default=_default(TrainingConfig, "compile"),
+        ),
+    ] = None,
     start: Annotated[bool, typer.Option("--start", help="Start the run right away.")] = False,
     server: ServerOpt = DEFAULT_SERVER,
     token_file: TokenFileOpt = None,
@@ -464,6 +506,10 @@ def runs_create(
             learning_rate=learning_rate,
             round_timeout=round_timeout,
             seed=seed,
+            val_fraction=val_fraction,
+            eval_every=eval_every,
+            eval_max_cases=eval_max_cases,
+            compile_step=compile_step,
         )
         run_name = name or file_name or time.strftime("run-%Y%m%d-%H%M%S")
         with _client(server, token_file) as client:
@@ -618,9 +664,11 @@ def download_model(
 ) -> dict[str, Any]:
     """Download a version's bundle to ``out``, check it, and say what was checked.
 
-    The weights' sha256 is always checked against the version list; with a server
-    key the whole bundle is verified (signature, hash, tensor specs) before ``out``
-    is written.
+    The version list names each version by its weights' sha256 (the hash of
+    ``weights.safetensors`` inside the bundle, as in the bundle's manifest), and
+    exactly that hash must match: no other hash (the tar's, say) is accepted. With a
+    server key the whole bundle is verified (signature, hash, tensor specs) before
+    ``out`` is written.
     """
     versions = {item.version: item for item in client.list_models(run_id)}
     if not versions:
@@ -632,7 +680,7 @@ def download_model(
     data = client.download_bundle(run_id, chosen)
     files = read_bundle_files(data)
     weights_sha = hashlib.sha256(files.weights).hexdigest()
-    if versions[chosen].weights_sha256 not in (weights_sha, hashlib.sha256(data).hexdigest()):
+    if versions[chosen].weights_sha256 != weights_sha:
         raise IntegrityError(
             f"downloaded bundle's weights sha256 {weights_sha[:16]}… does not match the "
             f"server's listing {versions[chosen].weights_sha256[:16]}…",

@@ -30,9 +30,10 @@ def sites_table(sites: Sequence[SiteInfo]) -> Table:
     for column in ("site", "status", "fingerprint", "created", "enrolled", "last seen"):
         table.add_column(column)
     for site in sites:
+        status = styled(site.status) + (f" {styled('offline')}" if site.offline else "")
         table.add_row(
             escape(site.name),
-            styled(site.status),
+            status,
             escape(_short_fingerprint(site.fingerprint)),
             when(site.created_at),
             when(site.enrolled_at),
@@ -93,6 +94,10 @@ def site_cell(progress: SiteProgress | None) -> str:
         return "[dim]-[/]"
     score = progress.metrics.get("dice_mean")
     tail = f" {dice(score)}" if score is not None else ""
+    hd95 = progress.metrics.get("hd95_mean")
+    tail += f" [dim]HD95 {hd95:.1f}[/]" if hd95 is not None else ""
+    if progress.state == "offline" and progress.last_seen_at is not None:
+        tail += f" [dim](seen {when(progress.last_seen_at)})[/]"
     return f"{styled(progress.state)}{tail}"
 
 

@@ -45,13 +45,29 @@ def _fail(message: str, exit_code: int = 1) -> NoReturn:
     raise typer.Exit(exit_code)
 
 
+NOISY_LOGGERS = ("httpx", "httpcore", "urllib3", "PIL", "matplotlib", "filelock", "torch")
+
+
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    """INFO lines per phase; library chatter (httpx, httpcore …) only with --verbose.
+
+    On a terminal the lines go through rich (aligned, coloured levels); otherwise
+    they are plain timestamped lines a log collector can parse.
+    """
+    handler: logging.Handler
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=stderr, show_path=False, rich_tracebacks=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def _settings() -> Any:
@@ -268,6 +284,14 @@ def run(
     poll_wait: Annotated[
         float, typer.Option("--poll-wait", min=0, max=300, help="Long-poll seconds.")
     ] = 20.0,
+    holdout: Annotated[
+        Path | None,
+        typer.Option(
+            "--holdout",
+            help="Text file of case ids (one a line) to validate on; wins over the run's split "
+            "(default: the run's split).",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
     ca_file: CaFile = None,
     tls_client_cert: ClientCert = None,
@@ -304,6 +328,7 @@ def run(
             idle_exit_s=idle_exit_s,
             poll_wait=poll_wait,
             verify=_verify(settings, ca_file, tls_client_cert, tls_client_key),
+            holdout=holdout,
         )
     except FedsegError as exc:
         _fail(f"{exc.message} [{exc.code}]")
@@ -332,11 +357,12 @@ def _run_agent(
     idle_exit_s: float,
     poll_wait: float,
     verify: Any = True,
+    holdout: Path | None = None,
 ) -> int:
-    from client.agent import Agent, AgentKeys, LocalTrainer
-    from client.data import valid_cases
+    from client.agent import Agent, AgentKeys
     from client.state import StateDir
-    from client.training import configure_device, load_site_data, resolve_device
+    from client.trainer import LocalTrainer
+    from client.training import configure_device, resolve_device
     from client.transport import HttpTransport, RetryPolicy
     from shared.errors import Unavailable
 
@@ -354,15 +380,6 @@ def _run_agent(
     log.info(
         "site %s, server %s: %s", keys.site, url, configure_device(torch_device, _cpu_threads())
     )
-    cases, report = valid_cases(data_path, min_cases=2)
-    skipped = len(report.cases) - len(cases)
-    log.info(
-        "data %s: %d valid cases (%s layout)%s",
-        data_path,
-        len(cases),
-        report.layout,
-        f", {skipped} skipped (see fedseg client check-data)" if skipped else "",
-    )
     with HttpTransport(url, credentials.credential, verify=verify) as transport:
         probe = HttpTransport(
             url, retry=RetryPolicy(attempts=4, base_s=0.5, cap_s=4.0), verify=verify
@@ -373,9 +390,7 @@ def _run_agent(
             raise Unavailable(f"cannot reach the server at {url}: {exc.message}") from None
         finally:
             probe.close()
-        started = time.perf_counter()
-        site_data = load_site_data(cases)
-        log.info("preprocessed %d cases in %.1f s", len(cases), time.perf_counter() - started)
+        site_data = _load_data(data_path, state.root / "cache", holdout)
         agent = Agent(
             state=state,
             transport=transport,
@@ -385,6 +400,41 @@ def _run_agent(
         return agent.run(
             poll_wait=poll_wait, exit_when_done=exit_when_done, idle_exit_s=idle_exit_s
         )
+
+
+def _load_data(data_path: Path, cache_dir: Path, holdout: Path | None) -> Any:
+    """Check the data once, then bring every usable case through the on-disk cache."""
+    from client.data import read_held_out
+    from client.training import open_site_data
+
+    held_out = read_held_out(holdout) if holdout is not None else None
+    started = time.perf_counter()
+    last = [started]
+
+    def on_case(index: int, total: int, entry: Any, built: bool) -> None:
+        if built and (time.perf_counter() - last[0] > 10 or index == total):
+            last[0] = time.perf_counter()
+            log.info("cache: case %d of %d ready (%s)", index, total, entry.case_id)
+
+    site_data, report = open_site_data(
+        data_path, cache_dir, held_out=held_out, min_cases=2, on_case=on_case
+    )
+    stats = site_data.stats
+    skipped = len(report.cases) - len(site_data.cases)
+    log.info(
+        "data %s (%s layout): %d usable cases%s; cache %s: %d reused, %d preprocessed "
+        "(%.1f s), ready in %.1f s",
+        data_path,
+        report.layout,
+        len(site_data.cases),
+        f", {skipped} skipped (see fedseg client check-data)" if skipped else "",
+        cache_dir,
+        stats.reused,
+        stats.built,
+        stats.seconds_building,
+        time.perf_counter() - started,
+    )
+    return site_data
 
 
 # --- check-data --------------------------------------------------------------------------
@@ -469,13 +519,27 @@ def train_local(
             "--val-fraction", min=0.01, max=0.99, help="Share of cases held out for validation."
         ),
     ] = 0.2,
-    max_val_cases: Annotated[
-        int, typer.Option("--max-val-cases", min=1, help="At most this many validation cases.")
-    ] = 8,
+    min_train: Annotated[
+        int, typer.Option("--min-train", min=1, help="Cases always kept for training.")
+    ] = 1,
+    holdout: Annotated[
+        Path | None,
+        typer.Option(
+            "--holdout",
+            help="Case ids (one a line) to validate on (default: the split from --val-fraction).",
+        ),
+    ] = None,
     seed: Annotated[
         int, typer.Option("--seed", min=0, help="Seed of the split, the model and the crops.")
     ] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache-dir",
+            help="Preprocessed-case cache (default: STATE_DIR/cache, else ~/.cache/fedseg).",
+        ),
+    ] = None,
     save: Annotated[
         Path | None,
         typer.Option(
@@ -488,16 +552,16 @@ def train_local(
 ) -> None:
     """Train the same model on this dataset alone: the reference without federation.
 
+    Both the untrained and the trained model are scored on every validation case.
+
     Reads FEDSEG_DATA_DIR when --data is not given, and OMP_NUM_THREADS (CPU threads).
     """
     from pydantic import ValidationError
 
-    from client.data import valid_cases
     from client.training import (
         configure_device,
         evaluate,
         evaluation_roi,
-        load_site_data,
         resolve_device,
         train,
     )
@@ -506,7 +570,11 @@ def train_local(
     from shared.tensors import state_tensors, to_safetensors
 
     _setup_logging(False)
-    data_path = _require(data or _settings().data_dir, "--data", "FEDSEG_DATA_DIR")
+    settings = _settings()
+    data_path = _require(data or settings.data_dir, "--data", "FEDSEG_DATA_DIR")
+    if cache_dir is None:
+        base = settings.state_dir or Path.home() / ".cache" / "fedseg"
+        cache_dir = Path(base) / "cache"
     try:
         config = TrainingConfig(
             local_steps=steps,
@@ -515,7 +583,7 @@ def train_local(
             learning_rate=learning_rate,
             weight_decay=weight_decay,
             val_fraction=val_fraction,
-            max_val_cases=max_val_cases,
+            min_train=min_train,
             seed=seed,
         )
     except ValidationError as exc:
@@ -525,9 +593,9 @@ def train_local(
         description = configure_device(torch_device, _cpu_threads())
         if not as_json:
             stderr.print(description)
-        cases, _ = valid_cases(Path(data_path), min_cases=2)
-        site_data = load_site_data(cases)
-        train_set, val_set = site_data.split(val_fraction, seed, max_val_cases)
+        site_data = _load_data(Path(data_path), cache_dir, holdout)
+        train_set, val_set = site_data.split(config)
+        log.info("%s", site_data.plan(config).describe())
         initial = state_tensors(models.build(model, {}, seed=seed).state_dict())
         roi = evaluation_roi(crop_size)
         before = evaluate(model, {}, initial, val_set, torch_device, roi_size=roi)
@@ -554,9 +622,14 @@ def train_local(
         return
     table = Table(title=f"{model}: {len(train_set)} training, {len(val_set)} validation cases")
     table.add_column("")
-    for name in ("dice_tc", "dice_wt", "dice_et", "dice_mean"):
-        table.add_column(name)
-    table.add_row("untrained", *(f"{before[k]:.3f}" for k in before))
-    table.add_row(f"after {result.steps} steps", *(f"{after[k]:.3f}" for k in after))
+    columns = ("dice_tc", "dice_wt", "dice_et", "dice_mean", "hd95_tc", "hd95_wt", "hd95_et")
+    for name in columns:
+        table.add_column(name.replace("hd95_", "HD95 ") + (" mm" if "hd95" in name else ""))
+    table.add_row("untrained", *(_metric(before[k], k) for k in columns))
+    table.add_row(f"after {result.steps} steps", *(_metric(after[k], k) for k in columns))
     stdout.print(table)
     stdout.print(f"mean training loss {result.loss:.4f}, {result.seconds:.1f} s")
+
+
+def _metric(value: float, key: str) -> str:
+    return f"{value:.1f}" if key.startswith("hd95") else f"{value:.3f}"

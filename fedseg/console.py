@@ -144,6 +144,7 @@ STATUS_STYLES: Mapping[str, str] = {
     "error": "bold red",
     "stopped": "yellow",
     "revoked": "red",
+    "offline": "bold yellow",
     "cancelled": "red",
 }
 

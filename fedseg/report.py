@@ -24,12 +24,12 @@ REGIONS: Final = ("tc", "wt", "et", "mean")
 SiteMetrics = Mapping[str, float]
 
 
-def region_scores(metrics: SiteMetrics) -> dict[str, float] | None:
-    """``{tc, wt, et, mean}`` from metrics named ``dice_tc`` … (None if absent)."""
+def region_scores(metrics: SiteMetrics, metric: str = "dice") -> dict[str, float] | None:
+    """``{tc, wt, et, mean}`` from metrics named ``dice_tc`` (or ``hd95_tc``) … (None if absent)."""
     out = {
-        region: float(metrics[f"dice_{region}"])
+        region: float(metrics[f"{metric}_{region}"])
         for region in REGIONS
-        if f"dice_{region}" in metrics
+        if f"{metric}_{region}" in metrics
     }
     if not out:
         return None
@@ -68,8 +68,9 @@ def dice_by_version(
     rounds: Sequence[RoundInfo],
     final_eval: Mapping[str, SiteMetrics] | None,
     baseline: Sequence[Mapping[str, SiteMetrics]] | None = None,
+    metric: str = "dice",
 ) -> list[dict[str, Any]]:
-    """Dice of each model version on each site's validation split.
+    """Dice (or HD95, ``metric="hd95"``) of each model version on each site's validation split.
 
     Version ``v`` (the consensus after round ``v``) is what the sites evaluated at
     the start of round ``v+1``; the last version comes from ``final_eval``.
@@ -83,13 +84,13 @@ def dice_by_version(
         evaluated = by_round.get(version + 1)
         if evaluated is not None:
             for progress in evaluated.sites:
-                scores = region_scores(progress.metrics)
+                scores = region_scores(progress.metrics, metric)
                 if scores:
                     per_site[progress.site] = scores
         elif version == run.config.rounds and final_eval:
             source = "final-eval"
             for site, metrics in final_eval.items():
-                scores = region_scores(metrics)
+                scores = region_scores(metrics, metric)
                 if scores:
                     per_site[site] = scores
         entry: dict[str, Any] = {
@@ -103,7 +104,7 @@ def dice_by_version(
             base_sites = {
                 site: scores
                 for site, metrics in baseline[version].items()
-                if (scores := region_scores(metrics))
+                if (scores := region_scores(metrics, metric))
             }
             entry["baseline"] = {"sites": base_sites, "mean": mean_scores(base_sites)}
         if per_site or entry["baseline"]:
@@ -225,6 +226,7 @@ def build_report(
         "run": run.model_dump(mode="json"),
         "phases_s": dict(phases),
         "dice_by_version": dice_by_version(run, rounds, final_eval, baseline),
+        "hd95_by_version": dice_by_version(run, rounds, final_eval, baseline, metric="hd95"),
         "baseline": None
         if baseline is None
         else {"steps_per_round": baseline_steps_per_round, "versions": len(baseline)},
@@ -266,6 +268,37 @@ def dice_table(report: Mapping[str, Any]) -> Table:
             row.append(fmt_dice(baseline.get("mean")))
         table.add_row(*row)
     return table
+
+
+def hd95_table(report: Mapping[str, Any]) -> Table:
+    """The Dice table's companion: HD95 in millimetres per model version (lower is better)."""
+    versions = report.get("hd95_by_version") or []
+    sites = sorted({site for entry in versions for site in entry["sites"]})
+    has_baseline = any(entry.get("baseline") for entry in versions)
+    table = Table(
+        title="Validation HD95 (mm; 374 when a region is missed or invented) after each round",
+        title_justify="left",
+    )
+    table.add_column("round", justify="right", no_wrap=True)
+    for region in ("TC", "WT", "ET", "mean"):
+        table.add_column(region, justify="right")
+    for site in sites:
+        table.add_column(site, justify="right")
+    if has_baseline:
+        table.add_column("central", justify="right")
+    for entry in versions:
+        mean = entry["mean"] or {}
+        label = str(entry["version"]) + (" (init)" if entry["version"] == 0 else "")
+        row = [label, *(_mm(mean.get(region)) for region in REGIONS)]
+        row += [_mm((entry["sites"].get(site) or {}).get("mean")) for site in sites]
+        if has_baseline:
+            row.append(_mm(((entry.get("baseline") or {}).get("mean") or {}).get("mean")))
+        table.add_row(*row)
+    return table
+
+
+def _mm(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def timing_table(report: Mapping[str, Any]) -> Table:

@@ -58,7 +58,7 @@ class SimulationConfig:
     batch_size: int = 2
     learning_rate: float = 2e-3
     val_fraction: float = 0.25
-    max_val_cases: int = 4
+    eval_max_cases: int = 4
     round_timeout_s: float = 900.0
     min_sites: int | None = None
     seed: int = 0
@@ -85,7 +85,7 @@ class SimulationConfig:
                 crop_size=min(self.crop_size, self.size),
                 learning_rate=self.learning_rate,
                 val_fraction=self.val_fraction,
-                max_val_cases=self.max_val_cases,
+                eval_max_cases=self.eval_max_cases,
                 seed=self.seed,
             ),
             seed=self.seed,

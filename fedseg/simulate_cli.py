@@ -24,7 +24,14 @@ from rich.text import Text
 
 from fedseg import admin_views as views
 from fedseg.console import MODEL_CHOICES, duration, errors_as_messages, stderr, stdout
-from fedseg.report import build_report, dice_table, plot_dice, timing_table, write_report
+from fedseg.report import (
+    build_report,
+    dice_table,
+    hd95_table,
+    plot_dice,
+    timing_table,
+    write_report,
+)
 from fedseg.simulate import Federation, SimulationConfig, prepare_workdir
 from fedseg.simulate_procs import TerminationRequested, sigterm_as_interrupt
 from shared import crypto, routes
@@ -300,7 +307,11 @@ class Simulation:
         federation.children.stop_all()  # the server's work is done: free the CPU
         splits = self._phase(
             "Load each site's validation split",
-            lambda: load_splits({s.name: s.data_dir for s in federation.sites}, config.training),
+            lambda: load_splits(
+                {s.name: s.data_dir for s in federation.sites},
+                config.training,
+                caches={s.name: s.state_dir / "cache" for s in federation.sites},
+            ),
         )
         final_eval = self._phase(
             f"Evaluate the final model (version {config.rounds}) on every site",
@@ -379,6 +390,8 @@ class Simulation:
         workdir = self.config.workdir
         write_report(report, workdir / "report.json")
         stdout.print(dice_table(report))
+        if report.get("hd95_by_version"):
+            stdout.print(hd95_table(report))
         stdout.print(timing_table(report))
         try:
             plot_dice(report, workdir / "dice.png")

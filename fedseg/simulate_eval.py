@@ -22,23 +22,23 @@ from shared.tensors import Tensors, state_tensors
 
 @dataclass(frozen=True, slots=True)
 class SiteSplit:
-    """One site's preprocessed training and validation cases."""
+    """One site's cached training and validation cases."""
 
     name: str
-    train: list[Any]  # client.training.Volume
+    train: list[Any]  # client.data.cache.CachedCase
     val: list[Any]
 
 
-def load_splits(data_dirs: Mapping[str, Path], config: TrainingConfig) -> list[SiteSplit]:
-    """Each site's data, preprocessed and split as the site's client splits it."""
-    from client.data import valid_cases
-    from client.training import load_site_data
+def load_splits(
+    data_dirs: Mapping[str, Path], config: TrainingConfig, *, caches: Mapping[str, Path]
+) -> list[SiteSplit]:
+    """Each site's cases from its own cache, split as the site's client splits them."""
+    from client.training import open_site_data
 
     splits = []
     for name, path in data_dirs.items():
-        cases, _report = valid_cases(path)
-        data = load_site_data(cases)
-        train, val = data.split(config.val_fraction, config.seed, config.max_val_cases)
+        data, _report = open_site_data(path, caches[name], min_cases=1)
+        train, val = data.split(config)
         splits.append(SiteSplit(name=name, train=train, val=val))
     return splits
 
@@ -51,7 +51,7 @@ def evaluate_on_sites(
     splits: Sequence[SiteSplit],
     config: TrainingConfig,
 ) -> dict[str, dict[str, float]]:
-    """Dice (``dice_tc`` … ``dice_mean``) of ``weights`` on each site's validation split."""
+    """Dice and HD95 (``dice_tc`` … ``hd95_mean``) of ``weights`` on every validation case."""
     from client.training import evaluate, evaluation_roi
 
     device = torch.device("cpu")
@@ -87,8 +87,8 @@ def central_baseline(
     """
     from client.training import SiteData, build_model, training_steps
 
-    union = [volume for split in splits for volume in split.train]
-    data = SiteData({f"{index:06d}-{volume.case_id}": volume for index, volume in enumerate(union)})
+    union = [case for split in splits for case in split.train]
+    data = SiteData({f"{index:06d}-{case.case_id}": case for index, case in enumerate(union)})
     device = torch.device("cpu")
     network = build_model(model, model_params, initial)
     pool = data.pool(union, config.crop_size, device)

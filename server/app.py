@@ -108,19 +108,28 @@ def create_app(settings: Settings) -> FastAPI:
         )
         app.state.services = Services(
             auth=AuthService(db),
-            sites=SiteService(db, signing_key.public_key()),
+            sites=SiteService(
+                db, signing_key.public_key(), offline_after_s=settings.site_offline_after_s
+            ),
             runs=RunService(
                 db=db,
                 blobs=blobs,
                 coordinator=coordinator,
                 signing_key=signing_key,
                 build_models_in_subprocess=limits.build_models_in_subprocess,
+                offline_after_s=settings.site_offline_after_s,
             ),
             coordinator=coordinator,
             intake=UpdateIntake(
                 db=db, blobs=blobs, rounds=coordinator, metrics=metrics, limits=limits
             ),
-            tasks=TaskService(db, signing_key, notifier, settings.max_wait_s),
+            tasks=TaskService(
+                db,
+                signing_key,
+                notifier,
+                settings.max_wait_s,
+                heartbeat_every_s=settings.site_offline_after_s / 10,
+            ),
             operations=OperationsService(db, blobs),
             metrics=metrics,
             tokens=TokenService(db),

@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     max_wait_s: float = Field(default=30.0, ge=0, le=300)
     tick_s: float = Field(default=0.5, gt=0, le=60)
     verify_concurrency: int = Field(default=1, ge=1, le=64)
+    site_offline_after_s: float = Field(
+        default=120.0,
+        gt=0,
+        le=7 * 24 * 3600,
+        description="a site silent (no poll) this long shows as offline",
+    )
     build_models_in_subprocess: bool = Field(
         default=True,
         description="build initial weights in a child process, keeping torch out of the server",

@@ -108,9 +108,14 @@ class TrainingConfig(WireModel):
     crop_size: int = Field(default=32, ge=8, le=256)
     learning_rate: float = Field(default=1e-4, gt=0, le=1.0)
     weight_decay: float = Field(default=1e-5, ge=0, le=1.0)
-    val_fraction: float = Field(default=0.2, gt=0, lt=1)
-    max_val_cases: int = Field(default=8, ge=1, le=10_000)
+    val_fraction: float = Field(default=0.2, gt=0, lt=1, description="share held out")
+    min_train: int = Field(default=1, ge=1, le=10_000, description="cases kept for training")
+    eval_every: int = Field(default=1, ge=1, le=10_000, description="evaluate every n rounds")
+    eval_max_cases: int = Field(
+        default=8, ge=1, le=10_000, description="validation cases scored per round"
+    )
     seed: Seed = 0
+    compile: bool = Field(default=False, description="torch.compile the step (CUDA only)")
 
 
 class PrivacyConfig(WireModel):
@@ -193,7 +198,8 @@ SiteState = Literal[
     "uploading",
     "uploaded",
     "error",
-    "stopped",
+    "stopped",  # the agent was stopped (Ctrl-C, docker stop); the round resumes on restart
+    "offline",  # silent for longer than the server's site_offline_after_s
 ]
 
 
@@ -226,6 +232,7 @@ class SiteProgress(WireModel):
     num_samples: int | None = None
     metrics: Metrics = Field(default_factory=dict)
     updated_at: datetime | None = None
+    last_seen_at: datetime | None = None
 
 
 class RoundInfo(WireModel):
@@ -269,6 +276,7 @@ class SiteInfo(WireModel):
     created_at: datetime
     enrolled_at: datetime | None = None
     last_seen_at: datetime | None = None
+    offline: bool = False
 
 
 class SiteCreated(WireModel):

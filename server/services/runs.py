@@ -20,6 +20,7 @@ from server.services.auth import Principal, now
 from server.services.model_worker import build_in_worker
 from server.services.publishing import build_bundle, check_model, initial_weights, read_bundle
 from server.services.rounds import Coordinator, find_run
+from server.services.sites import is_silent
 from server.storage import BlobStore
 from shared.bundle import Bundle
 from shared.errors import Conflict, Forbidden, NotFound
@@ -45,6 +46,7 @@ class RunService:
         coordinator: Coordinator,
         signing_key: Ed25519PrivateKey,
         build_models_in_subprocess: bool = False,
+        offline_after_s: float = 120.0,
     ) -> None:
         self._db = db
         self._blobs = blobs
@@ -52,6 +54,7 @@ class RunService:
         self._signing_key = signing_key
         self._in_subprocess = build_models_in_subprocess
         self._lifecycle = asyncio.Lock()
+        self._offline_after_s = offline_after_s
 
     async def create(self, request: RunCreate, actor: Principal) -> RunInfo:
         """Validate the configuration and register the run (status created)."""
@@ -171,7 +174,12 @@ class RunService:
             updates = {update.site_id: update for update in await repo.updates_of_round(row.id)}
             progress = {item.site_id: item for item in await repo.progress_of_round(row.id)}
             sites: list[SiteProgress] = []
+            moment = now()
             for site in members:
+                # a site still owing this open round that stopped polling is offline
+                silent = row.status == "open" and is_silent(
+                    site.last_seen_at, moment, self._offline_after_s
+                )
                 update = updates.get(site.id)
                 report = progress.get(site.id)
                 if update is not None:
@@ -182,6 +190,7 @@ class RunService:
                             num_samples=update.num_samples,
                             metrics=dict(update.metrics),
                             updated_at=update.received_at,
+                            last_seen_at=site.last_seen_at,
                         )
                     )
                 elif report is not None:
@@ -189,15 +198,22 @@ class RunService:
                         SiteProgress.model_validate(
                             {
                                 "site": site.name,
-                                "state": report.state,
+                                "state": "offline" if silent else report.state,
                                 "message": report.message,
                                 "metrics": dict(report.metrics),
                                 "updated_at": report.updated_at,
+                                "last_seen_at": site.last_seen_at,
                             }
                         )
                     )
                 else:
-                    sites.append(SiteProgress(site=site.name, state="waiting"))
+                    sites.append(
+                        SiteProgress(
+                            site=site.name,
+                            state="offline" if silent else "waiting",
+                            last_seen_at=site.last_seen_at,
+                        )
+                    )
             return RoundInfo.model_validate(
                 {
                     "run_id": run_id,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -35,9 +35,12 @@ from shared.schemas import (
 class SiteService:
     """Everything about sites; the server's public key is what enrollment hands out."""
 
-    def __init__(self, db: Database, server_key: Ed25519PublicKey) -> None:
+    def __init__(
+        self, db: Database, server_key: Ed25519PublicKey, *, offline_after_s: float = 120.0
+    ) -> None:
         self._db = db
         self._server_key = server_key
+        self._offline_after_s = offline_after_s
 
     def server_key(self) -> ServerKey:
         """The server's public signing key in every form a verifier may want."""
@@ -74,8 +77,17 @@ class SiteService:
     async def list_sites(self, actor: Principal) -> list[SiteInfo]:
         """Every site."""
         actor.require_reader()
+        moment = now()
         async with self._db.transaction() as repo:
-            return [site_info(row) for row in await repo.list_sites()]
+            return [
+                info.model_copy(
+                    update={
+                        "offline": info.status == "active"
+                        and is_silent(info.last_seen_at, moment, self._offline_after_s)
+                    }
+                )
+                for info in map(site_info, await repo.list_sites())
+            ]
 
     async def revoke(self, name: str, actor: Principal) -> SiteInfo:
         """Revoke a site for good: its credential stops working at once."""
@@ -228,3 +240,12 @@ class SiteService:
             server_key_id=crypto.key_id(self._server_key),
             server_fingerprint=crypto.fingerprint(self._server_key),
         )
+
+
+def is_silent(last_seen_at: datetime | None, moment: datetime, after_s: float) -> bool:
+    """Whether a site has not been heard from (polled) for more than ``after_s`` seconds."""
+    if last_seen_at is None:
+        return True
+    if last_seen_at.tzinfo is None:  # SQLite hands back naive UTC
+        last_seen_at = last_seen_at.replace(tzinfo=UTC)
+    return (moment - last_seen_at).total_seconds() > after_s

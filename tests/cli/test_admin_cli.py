@@ -368,7 +368,7 @@ def test_models_export_from_a_run_records_its_provenance(admin, server, tmp_path
         admin(
             "models",
             "export",
-            run.name,
+            run.id,  # names can repeat within a second; the id cannot
             "--out",
             str(out),
             "--format",

@@ -6,7 +6,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from fedseg.report import build_report, dice_by_version, dice_table, plot_dice, round_timing
+from fedseg.report import (
+    build_report,
+    dice_by_version,
+    dice_table,
+    hd95_table,
+    plot_dice,
+    round_timing,
+)
 from shared.schemas import RoundInfo, RunConfig, RunInfo, SiteProgress
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -102,3 +109,40 @@ def test_report_table_and_plot(tmp_path):
     assert dice_table(report).row_count == 3
     plot_dice(report, tmp_path / "dice.png")
     assert (tmp_path / "dice.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_hd95_goes_into_the_report_and_its_table():
+    def scored(mean: float, hd: float) -> dict[str, float]:
+        return {
+            **_scores(mean),
+            "hd95_tc": hd,
+            "hd95_wt": hd / 2,
+            "hd95_et": 374.0,
+            "hd95_mean": (hd + hd / 2 + 374.0) / 3,
+        }
+
+    rounds = [_round(1, 0.2, 0.4)]
+    rounds[0] = rounds[0].model_copy(
+        update={
+            "sites": [
+                SiteProgress(site="a", state="uploaded", metrics=scored(0.2, 20.0)),
+                SiteProgress(site="b", state="uploaded", metrics=scored(0.4, 10.0)),
+            ]
+        }
+    )
+    report = build_report(
+        run=_run(rounds=1),
+        rounds=rounds,
+        headers={},
+        receipts={},
+        final_eval={"a": scored(0.8, 4.0), "b": scored(0.6, 8.0)},
+        baseline=None,
+        baseline_steps_per_round=None,
+        phases={"total": 1.0},
+        settings={},
+    )
+    versions = report["hd95_by_version"]
+    assert [v["source"] for v in versions] == ["sites", "final-eval"]
+    assert versions[0]["sites"]["a"]["tc"] == 20.0 and versions[0]["mean"]["et"] == 374.0
+    assert versions[1]["mean"]["tc"] == pytest.approx(6.0)
+    assert hd95_table(report).row_count == 2

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from client.agent import Agent, AgentKeys, clip_update
+from client.agent import Agent, AgentKeys
+from client.sealing import clip_update
 from client.state import StateDir
 from client.training import TrainResult
 from shared import crypto, routes
@@ -61,6 +62,7 @@ class FakeServer:
         self.reports: list[StatusReport] = []
         self.closed: set[int] = set()
         self.kill_on_upload = False
+        self.receipt_sha256: str | None = None  # a lying server names another hash
         self.downloads = 0
 
     def task(self, round_number: int = 1, clip: float | None = None) -> SignedTask:
@@ -104,7 +106,7 @@ class FakeServer:
             run_id="run1",
             round=round_number,
             site=SITE,
-            update_sha256=crypto.sha256(envelope).hex(),
+            update_sha256=self.receipt_sha256 or crypto.sha256(envelope).hex(),
             received_at=datetime.now(UTC),
         )
 
@@ -335,3 +337,38 @@ def test_a_transient_poll_failure_is_retried(server, state) -> None:
     server.poll = flaky  # type: ignore[method-assign]
     assert agent.run(poll_wait=1, exit_when_done=True, idle_exit_s=0) == 0
     assert answers == []
+def test_a_receipt_for_other_bytes_fails_closed(server, state) -> None:
+    """Defect: a receipt naming another sha256 was saved as accepted (only logged)."""
+    server.receipt_sha256 = "0" * 64
+    with pytest.raises(IntegrityError) as caught:
+        make_agent(server, state).run_task(server.task())
+    assert caught.value.code == "hash_mismatch"
+    entry = state.ledger("run1", 1)
+    assert entry.sealed and not entry.receipt.exists() and not entry.settled
+    # the pending update is re-sent later and recorded once the receipt is right
+    server.receipt_sha256 = None
+    assert make_agent(server, state).flush_pending() == 1
+    assert entry.receipt.exists()
+
+
+def test_a_lying_receipt_never_stops_the_flush(server, state) -> None:
+    server.kill_on_upload = True
+    with pytest.raises(Killed):
+        make_agent(server, state).run_task(server.task())
+    server.kill_on_upload = False
+    server.receipt_sha256 = "f" * 64
+    assert make_agent(server, state).flush_pending() == 0
+    assert not state.ledger("run1", 1).receipt.exists()
+
+
+def test_one_info_line_per_phase(server, state, caplog) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="client.progress")
+    assert make_agent(server, state).run_task(server.task()) == "uploaded"
+    lines = [r.message for r in caplog.records if r.name == "client.progress"]
+    phases = ["downloaded and verified", "trained 3 steps", "sealed", "uploading", "accepted"]
+    assert [next(i for i, line in enumerate(lines) if p in line) for p in phases] == sorted(
+        next(i for i, line in enumerate(lines) if p in line) for p in phases
+    )
+    assert all(r.levelno == logging.INFO for r in caplog.records if r.name == "client.progress")

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import torch
+import pytest
 from typer.testing import CliRunner
 
-from client.data import MODALITIES, Case, check_dataset, discover, split_cases, valid_cases
-from client.training import load_site_data
+from client.data import MODALITIES, check_dataset, discover, valid_cases
+from client.data.preprocess import preprocess_case
 from fedseg.client_cli import app
 
 SHAPE = (12, 12, 10)
@@ -81,9 +81,8 @@ def test_brats2021_and_2023_names(tmp_path: Path) -> None:
     report = check_dataset(tmp_path)
     assert report.ok, report.as_dict()
     # both conventions give the same regions after loading
-    data = load_site_data(dataset.cases)
-    a, b = (data.volumes[c.case_id].label for c in (old, new))
-    assert torch.equal(a, b) and a.shape[0] == 3
+    a, b = (preprocess_case(c).label for c in (old, new))
+    assert np.array_equal(a, b) and a.shape[0] == 3
 
 
 def msd_dataset(root: Path, n: int = 3) -> None:
@@ -125,11 +124,10 @@ def test_msd_layout_maps_channels_and_labels(tmp_path: Path) -> None:
     assert case.is_4d and case.channel_index == (1, 2, 3, 0)
     assert case.label_map == {0: 0, 1: 2, 2: 1, 3: 4}
     assert check_dataset(tmp_path / "msd").ok
-    msd = load_site_data([case]).volumes[case.case_id]
-    ref_case = discover(tmp_path / "brats").cases[0]
-    ref = load_site_data([ref_case]).volumes["ref"]
-    assert torch.equal(msd.label, ref.label)  # same TC/WT/ET after label mapping
-    assert torch.allclose(msd.image, ref.image, atol=1e-5)  # same canonical channel order
+    msd = preprocess_case(case)
+    ref = preprocess_case(discover(tmp_path / "brats").cases[0])
+    assert np.array_equal(msd.label, ref.label)  # same TC/WT/ET after label mapping
+    assert np.allclose(msd.image, ref.image, atol=1e-5)  # same canonical channel order
 
 
 def test_datalist_json(tmp_path: Path) -> None:
@@ -153,19 +151,6 @@ def test_datalist_json(tmp_path: Path) -> None:
     assert [c.case_id for c in dataset.cases] == ["c1", "c2"]
     assert [p.name for p in dataset.cases[0].images] == [f"c1_{m}.nii.gz" for m in MODALITIES]
     assert check_dataset(path).ok
-
-
-def test_split_is_deterministic_and_stable() -> None:
-    cases = [Case(case_id=f"case{i}", images=(None,), label=None) for i in range(40)]
-    train, val = split_cases(cases, 0.25, seed=1)
-    assert len(train) + len(val) == 40 and 4 <= len(val) <= 18
-    again = split_cases(list(reversed(cases)), 0.25, seed=1)
-    assert {c.case_id for c in again[1]} == {c.case_id for c in val}
-    fewer = split_cases(cases[:30], 0.25, seed=1)  # a case keeps its side
-    assert {c.case_id for c in fewer[1]} == {c.case_id for c in val if c in cases[:30]}
-    assert {c.case_id for c in split_cases(cases, 0.25, seed=2)[1]} != {c.case_id for c in val}
-    two = split_cases(cases[:2], 0.01, seed=0)
-    assert len(two[0]) == 1 and len(two[1]) == 1
 
 
 BROKEN = {
@@ -246,3 +231,76 @@ def test_check_data_cli_exit_codes(tmp_path: Path) -> None:
     tmp_path.mkdir()
     result = runner.invoke(app, ["check-data", str(tmp_path)])
     assert result.exit_code == 1 and "no cases found" in result.output
+
+
+def test_a_duplicate_case_id_is_never_trained_on(tmp_path: Path) -> None:
+    """Defect: both copies of a duplicated id passed ``valid_cases`` (it filtered by id)."""
+    brats_case(tmp_path / "HGG", "Brats18_X_1")
+    brats_case(tmp_path / "LGG", "Brats18_X_1")  # the same id in the other grade folder
+    brats_case(tmp_path / "HGG", "Brats18_Y_1")
+    brats_case(tmp_path / "HGG", "Brats18_Z_1")
+    report = check_dataset(tmp_path)
+    flagged = [r for r in report.cases if r.case_id == "Brats18_X_1"]
+    assert len(flagged) == 2 and all(not r.valid for r in flagged)
+    assert all(any("duplicate case id" in p for p in r.problems) for r in flagged)
+    cases, _ = valid_cases(tmp_path, min_cases=2)
+    assert sorted(c.case_id for c in cases) == ["Brats18_Y_1", "Brats18_Z_1"]
+
+
+def test_valid_cases_discovers_once(tmp_path: Path, monkeypatch) -> None:
+    """What is trained on is what was checked: one discovery, not one per step."""
+    import client.data.checks as checks
+
+    brats_case(tmp_path, "c1")
+    brats_case(tmp_path, "c2")
+    calls = []
+    real = checks.discover
+    monkeypatch.setattr(checks, "discover", lambda path: calls.append(path) or real(path))
+    cases, report = valid_cases(tmp_path, min_cases=2)
+    assert len(calls) == 1
+    assert [id(c) for c in cases] == [id(r.case) for r in report.cases]
+
+
+def test_preprocessing_matches_monai_loading_and_orientation(tmp_path: Path) -> None:
+    """Reading once with nibabel and reorienting by hand gives MONAI's LoadImaged+Orientationd."""
+    from monai.transforms.compose import Compose
+    from monai.transforms.io.dictionary import LoadImaged
+    from monai.transforms.spatial.dictionary import Orientationd
+    from monai.transforms.utility.dictionary import EnsureChannelFirstd
+
+    from client.data.preprocess import preprocessing
+    from client.phantoms import generate
+
+    generate(tmp_path, cases=1, size=20, seed=2)
+    case = discover(tmp_path).cases[0]
+    keys = ["image", "label"]
+    loaded = Compose(
+        [
+            LoadImaged(keys=keys, reader="NibabelReader", image_only=True),
+            EnsureChannelFirstd(keys=keys),
+            Orientationd(keys=keys, axcodes="RAS", labels=None),
+        ]
+    )(case.transform_dict())
+    reference = preprocessing()(
+        {
+            "image": loaded["image"].numpy(),
+            "label": loaded["label"].numpy(),
+            "label_map": case.transform_dict()["label_map"],
+        }
+    )
+    ours = preprocess_case(case)
+    assert np.allclose(ours.image, np.asarray(reference["image"]), atol=1e-5)
+    assert np.array_equal(ours.label, np.asarray(reference["label"]))
+    assert np.allclose(ours.spacing, loaded["image"].pixdim[:3])
+
+
+def test_a_case_without_label_preprocesses_for_inference(tmp_path: Path) -> None:
+    from shared.errors import DataError
+
+    folder = brats_case(tmp_path, "new_case")
+    (folder / "new_case_seg.nii.gz").unlink()
+    case = discover(tmp_path).cases[0]
+    with pytest.raises(DataError, match="missing segmentation"):
+        preprocess_case(case)
+    done = preprocess_case(case, labelled=False)
+    assert done.image.shape[0] == 4 and not done.label.any()

@@ -44,7 +44,7 @@ def small_config(workdir: Path, **overrides: object) -> SimulationConfig:
         "batch_size": 1,
         "learning_rate": 1e-3,
         "val_fraction": 0.25,
-        "max_val_cases": 1,
+        "eval_max_cases": 1,
         "round_timeout_s": 300.0,
         "poll_wait_s": 2.0,
     }

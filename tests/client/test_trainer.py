@@ -1,0 +1,81 @@
+"""The agent's trainer: evaluation every ``eval_every`` rounds on ``eval_max_cases`` cases."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import torch
+
+import client.trainer as trainer_module
+from client.data import discover
+from client.trainer import LocalTrainer
+from client.training import load_site_data
+from shared.schemas import Task, TrainingConfig
+
+CPU = torch.device("cpu")
+
+
+def task(round_number: int, **training: object) -> Task:
+    return Task(
+        run_id="run1",
+        round=round_number,
+        site="site-a",
+        model="segresnet-small",
+        model_params={},
+        weights_sha256="0" * 64,
+        bundle_path="/b",
+        upload_path="/u",
+        round_public_key="AAAA",
+        deadline=datetime.now(UTC) + timedelta(hours=1),
+        training=TrainingConfig.model_validate(training),
+        issued_at=datetime.now(UTC),
+    )
+
+
+@pytest.fixture
+def scored(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The case ids each evaluation scored (the metric itself is tested elsewhere)."""
+    calls: list[list[str]] = []
+
+    def fake_evaluate(model, params, weights, cases, device, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append([c.case_id for c in cases])
+        return {"dice_mean": 0.5, "hd95_mean": 10.0}
+
+    monkeypatch.setattr(trainer_module, "evaluate", fake_evaluate)
+    return calls
+
+
+def test_evaluation_every_n_rounds_on_at_most_n_cases(
+    phantoms32: Path, tmp_path: Path, scored, caplog
+) -> None:
+    data = load_site_data(discover(phantoms32).cases, tmp_path / "cache")
+    local = LocalTrainer(data, CPU)
+    config = {"val_fraction": 0.5, "eval_every": 2, "eval_max_cases": 1}
+    caplog.set_level(logging.INFO, logger="client.progress")
+    assert local.evaluate(task(1, **config), {}) == {"dice_mean": 0.5, "hd95_mean": 10.0}
+    assert local.evaluate(task(2, **config), {}) == {}  # skipped round
+    assert local.evaluate(task(3, **config), {}) != {}
+    assert [len(ids) for ids in scored] == [1, 1]
+    assert scored[0] == scored[1]  # the same case each time
+    local.evaluate_all(task(3, **config), {})
+    assert len(scored[-1]) == 2  # the final model: every validation case
+    assert any("split (seeded hash): 2 training, 2 validation" in r.message for r in caplog.records)
+    assert any("evaluation skipped (eval_every=2)" in r.message for r in caplog.records)
+
+
+def test_training_logs_rate_and_eta(phantoms32: Path, tmp_path: Path, caplog) -> None:
+    from shared import models
+    from shared.tensors import state_tensors
+
+    data = load_site_data(discover(phantoms32).cases, tmp_path / "cache")
+    caplog.set_level(logging.INFO, logger="client.progress")
+    weights = state_tensors(models.build("segresnet-small", {}, seed=0).state_dict())
+    result = LocalTrainer(data, CPU).train(
+        task(1, local_steps=4, crop_size=16, batch_size=1), weights
+    )
+    assert result.steps == 4 and result.num_samples == 3
+    lines = [r.message for r in caplog.records if "steps/s" in r.message]
+    assert lines and "step 4/4 (100%)" in lines[-1] and "left" in lines[-1]
