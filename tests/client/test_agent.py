@@ -17,7 +17,7 @@ from shared import crypto, routes
 from shared.bundle import bundle_tar, make_bundle
 from shared.errors import BundleError, Conflict, IntegrityError
 from shared.schemas import (
-    PrivacyConfig,
+    PlainPrivacy,
     SignedTask,
     StatusReport,
     Task,
@@ -77,7 +77,7 @@ class FakeServer:
             ).decode(),
             deadline=datetime.now(UTC) + timedelta(hours=1),
             training=TrainingConfig(),
-            privacy=PrivacyConfig(clip_norm=clip),
+            privacy=PlainPrivacy(clip_norm=clip),
             issued_at=datetime.now(UTC),
         )
         return sign_task(task, self.signing_key)
