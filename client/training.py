@@ -21,7 +21,7 @@ import os
 import time
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -42,6 +42,9 @@ from shared import models
 from shared.errors import ConfigError, DataError, TensorError
 from shared.schemas import TrainingConfig
 from shared.tensors import Tensors, state_tensors
+
+if TYPE_CHECKING:
+    from client.privacy.dp_sgd import DpSgdPlan
 
 log = logging.getLogger(__name__)
 
@@ -361,6 +364,7 @@ def train(
     *,
     seed: int | None = None,
     precision: Precision = "auto",
+    dp_sgd: DpSgdPlan | None = None,
 ) -> TrainResult:
     """Train from ``weights`` for ``config.local_steps`` steps on the site's training split."""
     started = time.perf_counter()
@@ -368,11 +372,25 @@ def train(
     if not train_set:
         raise DataError("no training cases after the train/validation split")
     model = build_model(model_name, model_params, weights)
-    pool = data.pool(train_set, config.crop_size, device)
-    losses = list(
-        training_steps(
+    if dp_sgd is not None:  # record-level DP-SGD (client/privacy/dp_sgd.py), same model
+        from client.privacy.dp_sgd import private_training_steps
+
+        steps = private_training_steps(
             model,
-            pool,
+            train_set,
+            crop_size=config.crop_size,
+            device=device,
+            plan=dp_sgd,
+            steps=config.local_steps,
+            batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            weight_decay=config.weight_decay,
+            seed=config.seed if seed is None else seed,
+        )
+    else:
+        steps = training_steps(
+            model,
+            data.pool(train_set, config.crop_size, device),
             steps=config.local_steps,
             batch_size=config.batch_size,
             learning_rate=config.learning_rate,
@@ -380,7 +398,7 @@ def train(
             seed=config.seed if seed is None else seed,
             precision=precision,
         )
-    )
+    losses = list(steps)
     loss = float(torch.stack(losses).mean().item())
     if not np.isfinite(loss):
         raise TensorError("local training diverged: the loss is not finite", code="non_finite")
