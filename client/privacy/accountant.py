@@ -16,7 +16,9 @@ allows. No formula for the Gaussian part is written here.
 
 from __future__ import annotations
 
+import functools
 import logging
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -62,13 +64,31 @@ def gaussian_epsilon(
     history: Iterable[Spend], *, delta: float, accountant: GaussianAccountant = "rdp"
 ) -> float:
     """ε at ``delta`` of the Gaussian spends in ``history``, composed by Opacus."""
-    steps = [
-        (float(s.noise_multiplier), float(s.sample_rate), int(s.steps))
-        for s in history
-        if s.noise_multiplier is not None and s.sample_rate is not None and s.steps > 0
-    ]
+    merged: dict[tuple[float, float], int] = {}
+    for spend in history:  # composition is additive in steps for the same (σ, q): exact
+        if spend.noise_multiplier is not None and spend.sample_rate is not None:
+            key = (float(spend.noise_multiplier), float(spend.sample_rate))
+            merged[key] = merged.get(key, 0) + int(spend.steps)
+    steps = tuple((sigma, rate, count) for (sigma, rate), count in merged.items() if count > 0)
     if not steps:
         return 0.0
+    return _composed(steps, delta, accountant)
+
+
+@functools.lru_cache(maxsize=1024)
+def _composed(
+    steps: tuple[tuple[float, float, int], ...], delta: float, accountant: GaussianAccountant
+) -> float:
+    with warnings.catch_warnings():
+        # Opacus notes when the best RDP order is at the edge of its grid: the bound is
+        # then looser than it could be, never too small. Not an error for the site.
+        warnings.filterwarnings("ignore", message="Optimal order is", category=UserWarning)
+        return _compose(steps, delta=delta, accountant=accountant)
+
+
+def _compose(
+    steps: tuple[tuple[float, float, int], ...], *, delta: float, accountant: GaussianAccountant
+) -> float:
     if accountant == "prv":
         try:
             prv = create_accountant(mechanism="prv")
@@ -101,12 +121,14 @@ def noise_for_target(
 
     Raises ``ValueError`` when no σ below Opacus' ceiling reaches the target.
     """
-    return float(
-        get_noise_multiplier(
-            target_epsilon=target_epsilon,
-            target_delta=delta,
-            sample_rate=sample_rate,
-            steps=steps,
-            accountant=accountant,
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is", category=UserWarning)
+        return float(
+            get_noise_multiplier(
+                target_epsilon=target_epsilon,
+                target_delta=delta,
+                sample_rate=sample_rate,
+                steps=steps,
+                accountant=accountant,
+            )
         )
-    )
