@@ -236,16 +236,17 @@ def main() -> int:
     results: list[tuple[str, str, str, dict[str, Any]]] = []
     with tempfile.TemporaryDirectory() as tmp:
         sites = make_sites(args, Path(tmp))
+        untrained = state_tensors(models.build(MODEL, args.params, seed=args.seed).state_dict())
+        results.append(
+            ("untrained", "-", "round-0 model", {**score(args, untrained, sites), "epsilon": None})
+        )
+        print("  untrained scored", file=sys.stderr, flush=True)
         for row in selected:
             t0 = time.perf_counter()
             results.append(
                 (row.name, row.mechanism, describe(row), run_row(args, row, sites, Path(tmp)))
             )
             print(f"  {row.name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-        untrained = state_tensors(models.build(MODEL, args.params, seed=args.seed).state_dict())
-        results.append(
-            ("untrained", "-", "round-0 model", {**score(args, untrained, sites), "epsilon": None})
-        )
         if not args.no_central:
             results.append(("central", "central", "all cases, one model", centralised(args, sites)))
     baseline = next((r[3]["dice_mean"] for r in results if r[0] == "none"), None)

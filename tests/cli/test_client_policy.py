@@ -82,3 +82,12 @@ def test_the_environment_wins_in_a_container(
 def test_show_needs_a_state_dir() -> None:
     code, out = policy("show")
     assert code == 2 and "--state-dir" in out
+
+
+def test_a_missing_policy_secret_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FEDSEG_PRIVACY_POLICY_FILE", str(tmp_path / "absent.json"))
+    code, out = policy("show", "--state-dir", str(tmp_path))
+    assert code == 1
+    assert "FEDSEG_PRIVACY_POLICY_FILE" in out and "mount" in out and "Traceback" not in out
