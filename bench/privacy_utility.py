@@ -230,8 +230,8 @@ def main() -> int:
     np.random.seed(args.seed)  # only MONAI's internals; privacy noise is `NoiseSource`
     selected = rows(args)
     if args.rows != "all":
-        wanted = set(args.rows.split(","))
-        selected = [r for r in selected if r.name in wanted]
+        by_name = {r.name: r for r in selected}
+        selected = [by_name[name] for name in args.rows.split(",") if name in by_name]
     started = time.perf_counter()
     results: list[tuple[str, str, str, dict[str, Any]]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -246,7 +246,14 @@ def main() -> int:
             results.append(
                 (row.name, row.mechanism, describe(row), run_row(args, row, sites, Path(tmp)))
             )
-            print(f"  {row.name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+            done = results[-1][3]
+            print(
+                f"  {row.name}: {time.perf_counter() - t0:.0f} s, ε {done['epsilon']}, "
+                f"Dice mean {done['dice_mean']:.3f} TC {done['dice_tc']:.3f} "
+                f"WT {done['dice_wt']:.3f} ET {done['dice_et']:.3f}",
+                file=sys.stderr,
+                flush=True,
+            )
         if not args.no_central:
             results.append(("central", "central", "all cases, one model", centralised(args, sites)))
     baseline = next((r[3]["dice_mean"] for r in results if r[0] == "none"), None)

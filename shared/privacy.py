@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import datetime
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import Field
@@ -44,7 +44,7 @@ DeclineReason = Literal[
     "noise_too_low",  # the noise cannot reach the ε the run asks within the budget
     "secure_mode_unavailable",  # secure_mode asked for, no CSPRNG backend at the site
 ]
-DECLINE_REASONS: Final[tuple[str, ...]] = DeclineReason.__args__  # type: ignore[attr-defined]
+DECLINE_REASONS: Final[tuple[str, ...]] = get_args(DeclineReason)
 
 Accountant = Literal["rdp", "prv", "pure"]
 

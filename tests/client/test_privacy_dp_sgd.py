@@ -35,6 +35,7 @@ def test_a_dp_sgd_round_runs_and_changes_the_weights(phantoms32: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # ~2 min alone; this machine is shared
 def test_dp_sgd_on_phantoms_learns_over_rounds_when_the_noise_allows(tmp_path: Path) -> None:
     """WT Dice rises over DP-SGD rounds; the ε this needs at phantom scale is printed.
 
