@@ -24,6 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fedseg.console import MODEL_CHOICES
+from fedseg.policy_cli import policy_app
 from shared.errors import FedsegError
 
 app = typer.Typer(
@@ -31,6 +32,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+app.add_typer(policy_app, name="policy")  # fedseg/policy_cli.py: the privacy policy
 stdout = Console(highlight=False, soft_wrap=True)
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 log = logging.getLogger("fedseg.client")

@@ -90,6 +90,9 @@ def _segresnet(params: SegResNetParams) -> torch.nn.Module:
         blocks_down=params.blocks_down,
         blocks_up=params.blocks_up,
         dropout_prob=params.dropout_prob,
+        # Not in place: Opacus' per-example gradients (DP-SGD) need every activation
+        # kept; an in-place ReLU breaks its backward hooks. No weights change.
+        act=("RELU", {"inplace": False}),
     )
 
 

@@ -12,7 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from shared.secagg.config import SecureAggregationConfig, check_available, check_run
 
@@ -118,10 +118,99 @@ class TrainingConfig(WireModel):
     compile: bool = Field(default=False, description="torch.compile the step (CUDA only)")
 
 
-class PrivacyConfig(WireModel):
-    """Update-level protections a site applies before sealing."""
+# --- privacy -----------------------------------------------------------------------------
+# The run's ``privacy:`` block, one model per mechanism, told apart by ``mechanism`` (a
+# block without one is ``none``). Every model keeps ``clip_norm``, the L2 bound on the
+# delta a site uploads, so the agent and the server's norm check read one field whatever
+# the mechanism. ``max_epsilon`` and ``delta`` are the run's own budget; the site's policy
+# may be stricter and always wins (client/privacy/policy.py).
 
-    clip_norm: float | None = Field(default=None, gt=0, description="L2 bound on each update")
+Mechanism = Literal["none", "dp_sgd", "dp_fedavg", "svt"]
+MECHANISMS: tuple[Mechanism, ...] = ("none", "dp_sgd", "dp_fedavg", "svt")
+Epsilon = Annotated[float, Field(gt=0, le=1e9)]
+Delta = Annotated[float, Field(gt=0, lt=1)]
+NoiseMultiplier = Annotated[float, Field(gt=0, le=1e6)]
+Norm = Annotated[float, Field(gt=0, le=1e9)]
+
+
+class _Privacy(WireModel):
+    """What every mechanism's block holds: the run's budget and the update's L2 bound."""
+
+    clip_norm: Norm | None = Field(default=None, description="L2 bound on each uploaded delta")
+    max_epsilon: Epsilon | None = Field(default=None, description="the run's ε budget per site")
+    delta: Delta | None = Field(default=None, description="δ; the site's policy δ when unset")
+
+
+class PlainPrivacy(_Privacy):
+    """No formal privacy: the delta leaves the site as trained (clipped if ``clip_norm``)."""
+
+    mechanism: Literal["none"] = "none"
+
+
+class DpSgdPrivacy(_Privacy):
+    """Record-level DP-SGD at each site (Opacus): clip each case's gradient, add noise.
+
+    Give ``noise_multiplier``, or ``target_epsilon`` for the site to turn into one
+    (Opacus' ``get_noise_multiplier`` over the run's rounds), not both.
+    """
+
+    mechanism: Literal["dp_sgd"] = "dp_sgd"
+    max_grad_norm: Norm = 1.0
+    noise_multiplier: NoiseMultiplier | None = None
+    target_epsilon: Epsilon | None = None
+    secure_mode: bool = False
+
+    @model_validator(mode="after")
+    def _one_noise_source(self) -> DpSgdPrivacy:
+        if (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ValueError("give exactly one of noise_multiplier and target_epsilon")
+        return self
+
+
+class DpFedAvgPrivacy(_Privacy):
+    """Client-level DP-FedAvg: clip the delta to ``clip_norm`` C, add Gaussian noise σ·C.
+
+    Each site adds N(0, σ²C²/m), m the run's ``min_sites``, so any m sites together
+    carry the noise σ·C the accountant assumes.
+    """
+
+    mechanism: Literal["dp_fedavg"] = "dp_fedavg"
+    clip_norm: Norm = Field(description="C: L2 bound on each site's delta")
+    noise_multiplier: NoiseMultiplier = Field(description="σ: noise std in units of C")
+
+
+class SvtPrivacy(_Privacy):
+    """The seed paper's selective sharing with the sparse vector technique (pure ε).
+
+    Share at most ``fraction`` of the delta's coordinates, those whose clipped size
+    beats the noisy ``threshold``, each clipped to ±``clip`` with Laplace noise; the
+    rest are sent as zero. ``epsilon`` is the whole round's ε (docs/privacy.md).
+    """
+
+    mechanism: Literal["svt"] = "svt"
+    fraction: float = Field(default=0.1, gt=0, le=1)
+    epsilon: Epsilon = Field(description="pure ε spent per round (threshold, queries, values)")
+    threshold: float = Field(default=1e-4, ge=0, le=1e6, description="τ")
+    clip: Norm = Field(default=1e-3, description="γ: each coordinate is clipped to ±γ")
+
+
+def _mechanism_of(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return str(value.get("mechanism", "none"))
+    return getattr(value, "mechanism", None)
+
+
+PrivacyConfig = Annotated[
+    Annotated[PlainPrivacy, Tag("none")]
+    | Annotated[DpSgdPrivacy, Tag("dp_sgd")]
+    | Annotated[DpFedAvgPrivacy, Tag("dp_fedavg")]
+    | Annotated[SvtPrivacy, Tag("svt")],
+    Discriminator(
+        _mechanism_of,
+        custom_error_type="unknown_mechanism",
+        custom_error_message="mechanism must be one of none, dp_sgd, dp_fedavg, svt",
+    ),
+]
 
 
 class RunConfig(WireModel):
@@ -139,7 +228,7 @@ class RunConfig(WireModel):
     round_timeout_s: float = Field(default=3600.0, gt=0, le=7 * 24 * 3600)
     aggregator: Literal["fedavg"] = "fedavg"
     training: TrainingConfig = Field(default_factory=TrainingConfig)
-    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    privacy: PrivacyConfig = Field(default_factory=PlainPrivacy)
     secure_aggregation: SecureAggregationConfig | None = None
     seed: Seed = 0
 
@@ -337,7 +426,7 @@ class Task(WireModel):
     round_public_key: Base64
     deadline: datetime
     training: TrainingConfig
-    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    privacy: PrivacyConfig = Field(default_factory=PlainPrivacy)
     issued_at: datetime
 
 

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from shared import models
 from shared.errors import DataError, TensorError
 from shared.schemas import TrainingConfig
 from shared.tensors import Tensors, state_tensors
+
+if TYPE_CHECKING:
+    from client.privacy.dp_sgd import DpSgdPlan
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +151,7 @@ def train(
     seed: int | None = None,
     precision: Precision = "auto",
     on_step: StepCallback | None = None,
+    dp_sgd: DpSgdPlan | None = None,
 ) -> TrainResult:
     """Train from ``weights`` for ``config.local_steps`` steps on the site's training split."""
     started = time.perf_counter()
@@ -155,19 +159,35 @@ def train(
     if not train_set:
         raise DataError("no training cases after the train/validation split")
     model = build_model(model_name, model_params, weights)
-    pool = data.pool(train_set, config.crop_size, device)
+    steps: Iterator[torch.Tensor]
+    if dp_sgd is not None:  # record-level DP-SGD (client/privacy/dp_sgd.py), same model
+        from client.privacy.dp_sgd import private_training_steps
+
+        steps = private_training_steps(
+            model,
+            train_set,
+            crop_size=config.crop_size,
+            device=device,
+            plan=dp_sgd,
+            steps=config.local_steps,
+            batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            weight_decay=config.weight_decay,
+            seed=config.seed if seed is None else seed,
+        )
+    else:
+        steps = training_steps(
+            model,
+            data.pool(train_set, config.crop_size, device),
+            steps=config.local_steps,
+            batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            weight_decay=config.weight_decay,
+            seed=config.seed if seed is None else seed,
+            precision=precision,
+            compile=config.compile,
+        )
     losses = []
-    steps = training_steps(
-        model,
-        pool,
-        steps=config.local_steps,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        weight_decay=config.weight_decay,
-        seed=config.seed if seed is None else seed,
-        precision=precision,
-        compile=config.compile,
-    )
     for number, loss in enumerate(steps, start=1):
         losses.append(loss)
         if on_step is not None:

@@ -18,7 +18,7 @@ from shared import crypto, routes
 from shared.bundle import bundle_tar, make_bundle
 from shared.errors import BundleError, Conflict, IntegrityError, InvalidInput, Unavailable
 from shared.schemas import (
-    PrivacyConfig,
+    PlainPrivacy,
     SignedKeyRotation,
     SignedTask,
     StatusReport,
@@ -80,7 +80,7 @@ class FakeServer:
             ).decode(),
             deadline=datetime.now(UTC) + timedelta(hours=1),
             training=TrainingConfig(),
-            privacy=PrivacyConfig(clip_norm=clip),
+            privacy=PlainPrivacy(clip_norm=clip),
             issued_at=datetime.now(UTC),
         )
         return sign_task(task, self.signing_key)
