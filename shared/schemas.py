@@ -13,6 +13,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from shared.aggregation import (
+    AggregationConfig,
+    FedAvg,
+    accept_legacy_aggregator,
+    refuse_with_secure_aggregation,
+)
+
 FORMAT_VERSION: Literal[1] = 1
 
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]*$")]
@@ -103,10 +110,17 @@ class RunConfig(WireModel):
     sites: list[Name] = Field(min_length=1, max_length=1000)
     min_sites: int | None = Field(default=None, ge=1)
     round_timeout_s: float = Field(default=3600.0, gt=0, le=7 * 24 * 3600)
-    aggregator: Literal["fedavg"] = "fedavg"
+    aggregation: AggregationConfig = Field(default_factory=FedAvg)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     seed: int = Field(default=0, ge=0)
+
+    _legacy_aggregator = model_validator(mode="before")(accept_legacy_aggregator)
+
+    @model_validator(mode="after")
+    def _check_aggregation(self) -> RunConfig:
+        refuse_with_secure_aggregation(self)
+        return self
 
     @model_validator(mode="after")
     def _check_sites(self) -> RunConfig:
