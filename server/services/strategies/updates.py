@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.arrays import Array, from_safetensors
+from shared.errors import IntegrityError
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,16 @@ def from_memory(pairs: Sequence[tuple[Mapping[str, Array], int]]) -> list[SiteUp
     return [SiteUpdate(arrays=arrays, num_samples=count) for arrays, count in pairs]
 
 
+def _parse(mapped: mmap.mmap) -> Mapping[str, Array]:
+    """`from_safetensors` over a mapping; a refusal leaves no view that would pin it open."""
+    failure: IntegrityError | None = None
+    try:
+        return from_safetensors(memoryview(mapped))
+    except IntegrityError as exc:  # its traceback holds the view: re-raise a clean copy
+        failure = IntegrityError(exc.message, code=exc.code)
+    raise failure
+
+
 @contextmanager
 def mapped_updates(files: Sequence[tuple[Path, int]]) -> Iterator[list[SiteUpdate]]:
     """Map plain safetensors update files read-only for the duration of the block.
@@ -43,9 +54,7 @@ def mapped_updates(files: Sequence[tuple[Path, int]]) -> Iterator[list[SiteUpdat
         for path, count in files:
             handle = stack.enter_context(path.open("rb"))
             mapped = stack.enter_context(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
-            updates.append(
-                SiteUpdate(arrays=from_safetensors(memoryview(mapped)), num_samples=count)
-            )
+            updates.append(SiteUpdate(arrays=_parse(mapped), num_samples=count))
         try:
             yield updates
         finally:
