@@ -1,4 +1,4 @@
-"""The ``aggregation:`` block over HTTP: a bad block is a 422 naming the field; a good one is kept."""
+"""The ``aggregation:`` block over HTTP: a bad one is a 422 naming the field; a good one is kept."""
 
 from __future__ import annotations
 

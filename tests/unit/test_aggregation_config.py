@@ -1,4 +1,4 @@
-"""The run config's ``aggregation:`` block: defaults, refusals naming the field, secure aggregation."""
+"""The ``aggregation:`` block: defaults, refusals naming the field, secure aggregation."""
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ their weights (zeros included) and the chunk size.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -103,10 +104,13 @@ def test_capped_shares_sum_to_one_respect_the_cap_and_keep_the_order(
     if max_share * len(positive) > 1:
         assert max(shares) <= max_share + 1e-12
     else:  # the cap cannot be met: as close as possible, equal shares
-        assert all(s == pytest.approx(1 / len(positive)) for s, c in zip(shares, counts) if c)
-    for (a, sa), (b, sb) in zip(zip(counts, shares), zip(counts[1:], shares[1:])):
-        assert (a <= b) == (sa <= sb + 1e-12) or sa == pytest.approx(sb)
-    assert all(s == 0 for s, c in zip(shares, counts) if c == 0)
+        assert all(
+            s == pytest.approx(1 / len(positive)) for s, c in zip(shares, counts, strict=True) if c
+        )
+    pairs = sorted(zip(counts, shares, strict=True))
+    for (_, smaller), (_, larger) in itertools.pairwise(pairs):
+        assert smaller <= larger + 1e-12  # more cases never means a smaller share
+    assert all(s == 0 for s, c in zip(shares, counts, strict=True) if c == 0)
 
 
 def test_a_site_claiming_a_billion_cases_gets_at_most_its_cap() -> None:
@@ -200,14 +204,18 @@ def test_norm_bound_clips_to_the_median_norm_times_the_factor() -> None:
     scales = clip_scales(norms, 1.5, [True] * 4)
     bound = 1.5 * float(np.median(norms))
     assert scales[3] * norms[3] == pytest.approx(bound)
-    assert all(s == 1.0 for s, n in zip(scales, norms) if n <= bound)
+    assert all(s == 1.0 for s, n in zip(scales, norms, strict=True) if n <= bound)
     counts = [10, 10, 10, 10]
     result = aggregate(
-        FedAvg(norm_bound_factor=1.5), base=base, updates=from_memory(list(zip(deltas, counts)))
+        FedAvg(norm_bound_factor=1.5),
+        base=base,
+        updates=from_memory(list(zip(deltas, counts, strict=True))),
     )
-    clipped = [{n: a * s for n, a in d.items()} for d, s in zip(deltas, scales)]
+    clipped = [{n: a * s for n, a in d.items()} for d, s in zip(deltas, scales, strict=True)]
     _close(result.weights, _weighted_reference(base, clipped, [10.0] * 4))
-    plain = aggregate(FedAvg(), base=base, updates=from_memory(list(zip(deltas, counts))))
+    plain = aggregate(
+        FedAvg(), base=base, updates=from_memory(list(zip(deltas, counts, strict=True)))
+    )
     attack = lambda arrays: update_norm({n: arrays[n] - base[n] for n in base})  # noqa: E731
     assert attack(result.weights) < attack(plain.weights) / 5
 
