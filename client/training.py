@@ -38,6 +38,7 @@ from monai.transforms.transform import MapTransform
 from monai.transforms.utility.dictionary import EnsureChannelFirstd, EnsureTyped
 
 from client.data import REGION_CODES, Case, split_cases
+from client.fedprox import proximal_term
 from shared import models
 from shared.errors import ConfigError, DataError, TensorError
 from shared.schemas import TrainingConfig
@@ -328,8 +329,13 @@ def training_steps(
     weight_decay: float,
     seed: int,
     precision: Precision = "auto",
+    proximal_mu: float = 0.0,
 ) -> Iterator[torch.Tensor]:
-    """Run ``steps`` optimiser steps; yields each step's loss as a device tensor (no sync)."""
+    """Run ``steps`` optimiser steps; yields each step's loss as a device tensor (no sync).
+
+    ``proximal_mu`` > 0 adds FedProx's term (`client.fedprox`) to what is minimised;
+    the yielded loss stays the Dice loss.
+    """
     device = pool.device
     dtype = resolve_precision(device, precision)
     if device.type == "cuda":
@@ -339,13 +345,15 @@ def training_steps(
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     loss_fn = dice_loss()
     rng = np.random.default_rng(seed)
+    proximal = proximal_term(model, proximal_mu)
     for _ in range(steps):
         images, labels = pool.sample(batch_size, rng)
         with _autocast(device, dtype):
             logits = model(images)
         loss = loss_fn(logits.float(), labels)
+        objective = loss if proximal is None else loss + proximal(model)
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        scaler.scale(objective).backward()
         scaler.step(optimizer)
         scaler.update()
         yield loss.detach()
@@ -361,6 +369,7 @@ def train(
     *,
     seed: int | None = None,
     precision: Precision = "auto",
+    proximal_mu: float = 0.0,
 ) -> TrainResult:
     """Train from ``weights`` for ``config.local_steps`` steps on the site's training split."""
     started = time.perf_counter()
@@ -379,6 +388,7 @@ def train(
             weight_decay=config.weight_decay,
             seed=config.seed if seed is None else seed,
             precision=precision,
+            proximal_mu=proximal_mu,
         )
     )
     loss = float(torch.stack(losses).mean().item())
