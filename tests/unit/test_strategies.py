@@ -402,3 +402,26 @@ def test_fedavgm_without_momentum_at_rate_one_is_fedavg() -> None:
 def test_site_update_is_a_plain_record() -> None:
     update = SiteUpdate(arrays=_arrays(0), num_samples=3)
     assert from_memory([(update.arrays, 3)]) == [update]
+
+
+def test_apply_delta_keeps_each_tensors_dtype() -> None:
+    from server.services.strategies import apply_delta
+    from shared.arrays import BFLOAT16, bfloat16_to_float32, float32_to_bfloat16
+
+    base = {
+        "half": np.array([1.0, 2.0], np.float16),
+        "brain": float32_to_bfloat16(np.array([1.0, -2.0], np.float32)),
+        "count": np.array([3], np.int64),
+    }
+    change = {
+        "half": np.array([0.5, 0.25], np.float32),
+        "brain": np.array([0.5, 1.0], np.float32),
+        "count": np.array([1.6]),
+    }
+    out = apply_delta(base, change)
+    assert out["half"].dtype == np.float16 and out["half"].tolist() == [1.5, 2.25]
+    assert out["brain"].dtype == BFLOAT16
+    assert bfloat16_to_float32(out["brain"]).tolist() == [1.5, -1.0]
+    assert out["count"].tolist() == [5]
+    with pytest.raises(TensorError):
+        apply_delta(base, {"half": change["half"]})
