@@ -425,3 +425,5 @@ def test_apply_delta_keeps_each_tensors_dtype() -> None:
     assert out["count"].tolist() == [5]
     with pytest.raises(TensorError):
         apply_delta(base, {"half": change["half"]})
+    with pytest.raises(TensorError):
+        apply_delta(base, {**change, "count": np.array([1.0, 2.0])})

@@ -56,6 +56,8 @@ def apply_delta(base: Mapping[str, Array], delta: Mapping[str, Array]) -> Arrays
     out: Arrays = {}
     for name, array in base.items():
         change = delta[name]
+        if change.shape != array.shape:
+            raise TensorError(f"tensor {name!r} has shape {list(change.shape)} in the delta")
         if array.dtype == BFLOAT16:
             out[name] = float32_to_bfloat16(
                 (bfloat16_to_float32(array) + change).astype(np.float32)
@@ -102,7 +104,13 @@ def aggregate(
     state: ServerState | None = None,
     chunk_elements: int = CHUNK_ELEMENTS,
 ) -> Aggregate:
-    """The next round's weights from ``base`` and the round's updates under ``config``."""
+    """The next round's weights from ``base`` and the round's updates under ``config``.
+
+    The updates must already be validated against the round's spec (intake does it).
+    A server optimiser's ``state`` (a new one when None) is advanced in place and
+    returned in the result: persist ``result.state.to_bytes()`` with the round, and
+    reload it from there (never reuse the object) if closing the round fails.
+    """
     counts = [update.num_samples for update in updates]
     if isinstance(config, TrimmedMean | Median):
         voters = [update.arrays for update in updates if update.num_samples > 0]
