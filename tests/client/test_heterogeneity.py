@@ -127,3 +127,14 @@ def test_simulate_makes_heterogeneous_sites(tmp_path: Path) -> None:
     plain = Federation(SimulationConfig(workdir=tmp_path / "plain", sites=2, size=16))
     plain.make_data()
     assert [_cases(site.data_dir) for site in plain.sites] == [8, 8]
+
+
+def test_simulate_refuses_an_unknown_heterogeneity_before_starting(tmp_path: Path) -> None:
+    workdir = tmp_path / "sim"
+    result = CliRunner().invoke(
+        app, ["simulate", "--heterogeneity", "wild", "--workdir", str(workdir)]
+    )
+    assert result.exit_code == 1
+    assert "--heterogeneity" in result.output
+    assert "Traceback" not in result.output
+    assert not workdir.exists()
