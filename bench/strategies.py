@@ -11,7 +11,8 @@ mean) on every site's validation split, averaged over the sites with equal weigh
 Rows:
 - each strategy, honest;
 - centralised: one model trained on the union of the training splits for as many
-  steps as the whole federation computed (rounds x sites x local steps);
+  steps as the whole federation computed (rounds x sites x local steps), and for
+  only rounds x local steps (what the federation does one step after another);
 - each site alone (``train-local``): rounds x local steps on its own data;
 - poisoning: site-2 (12 cases) uploads its delta x 50 (model replacement), or
   Gaussian noise with the norm of that scaled delta; FedAvg against trimmed mean,
@@ -170,12 +171,21 @@ def federate(
     return weights
 
 
-def centralised(setting: Setting, sites: Sequence[Site], initial: Tensors) -> Tensors:
-    """One model on the union of the training splits, as many steps as the federation."""
+def centralised(
+    setting: Setting, sites: Sequence[Site], initial: Tensors, *, sequential: bool = False
+) -> Tensors:
+    """One model on the union of the training splits.
+
+    As many steps as the whole federation computed (rounds x sites x local steps), or,
+    with ``sequential``, as many as one site runs one after another (rounds x local
+    steps): the federation's wall-clock budget.
+    """
     union = [volume for site in sites for volume in site.split.train]
     data = SiteData({f"{i:06d}-{v.case_id}": v for i, v in enumerate(union)})
     split = SiteSplit(name="union", train=union, val=[])
-    steps = setting.rounds * len(sites) * setting.training.local_steps
+    steps = setting.rounds * setting.training.local_steps
+    if not sequential:
+        steps *= len(sites)
     return local_train(setting, Site(split, data), initial, steps=steps, seed=setting.seed)
 
 
@@ -206,6 +216,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="a smaller network (plumbing)")
     parser.add_argument("--quick", action="store_true", help="size 24, 2 rounds x 2 steps, tiny")
     parser.add_argument("--only", nargs="*", help="strategy rows to run (default: all)")
+    parser.add_argument("--baselines-only", action="store_true", help="the centralised rows")
     parser.add_argument("--attacks", nargs="*", default=list(ATTACKS), choices=ATTACKS)
     args = parser.parse_args()
     if args.quick:
@@ -263,6 +274,12 @@ def main() -> None:
 
     chosen = {k: v for k, v in STRATEGIES.items() if not args.only or k in args.only}
     central = row("centralised (union of the sites)", lambda: centralised(setting, sites, initial))
+    row(
+        "centralised, rounds x local steps only",
+        lambda: centralised(setting, sites, initial, sequential=True),
+    )
+    if args.baselines_only:
+        return
     honest = {
         label: row(label, lambda c=config: federate(setting, sites, initial, c))
         for label, config in chosen.items()
