@@ -316,6 +316,13 @@ def main() -> None:
         )
     if "fedavg" in honest:
         reference = honest["fedavg"]["dice_mean"]
+        if reference < 0.5 * central["dice_mean"]:
+            print(
+                f"INCONCLUSIVE: honest fedavg reached {reference:.3f}, under half of "
+                f"centralised ({central['dice_mean']:.3f}): the federation has not learned at "
+                "this budget, so robustness cannot be judged; raise --rounds / --local-steps"
+            )
+            return
         for (label, attack), result in attacked.items():
             if label == "fedavg":
                 continue
