@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import numpy as np
 import torch
@@ -54,6 +54,8 @@ class SiteStyle:
     bias: float = 0.15  # strength of the smooth multiplicative bias field
     tumour_scale: float = 1.0  # multiplies tumour radii
     enhancement: float = 1.0  # how strongly the rim enhances on T1ce
+    small_tumours: float = 0.0  # share of cases with a small (0.55x) tumour: the size mix
+    enhancing_rate: float = 0.92  # share of tumours with an enhancing rim (label 4)
 
 
 STYLES: Final[dict[str, SiteStyle]] = {
@@ -196,6 +198,8 @@ def make_phantom(size: int, rng: np.random.Generator, style: SiteStyle) -> Phant
         np.float32,
     )
     wt_radius = rng.uniform(0.2, 0.36) * style.tumour_scale
+    if style.small_tumours > 0 and rng.random() < style.small_tumours:  # no draw by default
+        wt_radius *= 0.55
     axes = rng.uniform(0.75, 1.3, 3).astype(np.float32) * wt_radius
     rot = _rotation(rng)
     offset = np.stack([x - centre[0], y - centre[1], z - centre[2]], axis=-1) @ rot
@@ -204,7 +208,7 @@ def make_phantom(size: int, rng: np.random.Generator, style: SiteStyle) -> Phant
     core_distance = distance * (1.0 + 0.12 * _smooth_field(rng, size, 6))
     core_fraction = rng.uniform(0.35, 0.6)
     necrosis_fraction = rng.uniform(0.35, 0.7) if rng.random() < 0.85 else 0.0
-    enhancing = rng.random() < 0.92
+    enhancing = rng.random() < style.enhancing_rate
     in_brain = brain & (tissue != _CSF) | (brain & (distance < core_fraction))
     wt = (edema_distance < 1.0) & in_brain
     tc = (core_distance < core_fraction) & brain
@@ -259,12 +263,12 @@ def write_case(phantom: Phantom, folder: Path, case_id: str) -> Path:
 
 
 def generate(
-    out: Path, *, cases: int, size: int = 96, seed: int = 0, style: str | int = 0
+    out: Path, *, cases: int, size: int = 96, seed: int = 0, style: str | int | SiteStyle = 0
 ) -> list[Path]:
     """Write ``cases`` phantoms under ``out``; case ``i`` depends only on seed, style and i."""
     if cases < 1:
         raise InvalidInput("generate at least one case")
-    chosen = site_style(style)
+    chosen = style if isinstance(style, SiteStyle) else site_style(style)
     out.mkdir(parents=True, exist_ok=True)
     style_key = sum(chosen.name.encode())
     written = []
@@ -273,3 +277,80 @@ def generate(
         phantom = make_phantom(size, rng, chosen)
         written.append(write_case(phantom, out, f"Phantom{seed:03d}_{index:05d}"))
     return written
+
+
+# --- heterogeneous sites -----------------------------------------------------------------
+
+Heterogeneity = Literal["none", "strong"]
+HETEROGENEITY: Final[tuple[str, ...]] = ("none", "strong")
+CASE_COUNTS: Final = (4, 12, 30)  # cases per site under strong heterogeneity, cycled
+SMALL_TUMOURS: Final = (0.0, 0.5, 0.25)  # share of small tumours per site, cycled
+LOW_GRADE_ENHANCING: Final = 0.15  # the label-shifted site: few tumours enhance
+
+
+@dataclass(frozen=True, slots=True)
+class SitePlan:
+    """What one simulated hospital holds: how many cases, in which style."""
+
+    name: str
+    index: int
+    cases: int
+    style: SiteStyle
+    label_shift: bool = False
+
+
+def site_plans(
+    sites: int, *, heterogeneity: Heterogeneity = "none", cases_per_site: int = 8
+) -> list[SitePlan]:
+    """Each site's data: ``none`` is today's demo, ``strong`` differs as hospitals do.
+
+    ``none``: ``cases_per_site`` cases each, site ``i`` in style ``i``. ``strong``:
+    case counts cycle through 4 / 12 / 30, each site has its scanner style and its
+    own mix of small and large tumours, and the last site (of two or more) has a
+    label shift: a low-grade-like case mix where few tumours enhance, so its share
+    of ET (label 4) is far below the others'.
+    """
+    if sites < 1:
+        raise InvalidInput("plan at least one site")
+    if heterogeneity not in HETEROGENEITY:
+        raise InvalidInput(
+            f"unknown heterogeneity {heterogeneity!r}; use {' or '.join(HETEROGENEITY)}"
+        )
+    if cases_per_site < 1:
+        raise InvalidInput("each site needs at least one case")
+    plans = []
+    for index in range(sites):
+        name = f"site-{index + 1}"
+        if heterogeneity == "none":
+            plans.append(SitePlan(name, index, cases_per_site, site_style(index)))
+            continue
+        base = site_style(index)
+        shifted = sites >= 2 and index == sites - 1
+        style = dataclasses.replace(
+            base,
+            name=f"{base.name}-{'lowgrade' if shifted else 'mix'}{index}",
+            small_tumours=SMALL_TUMOURS[index % len(SMALL_TUMOURS)],
+            enhancing_rate=LOW_GRADE_ENHANCING if shifted else base.enhancing_rate,
+        )
+        cases = CASE_COUNTS[index % len(CASE_COUNTS)]
+        plans.append(SitePlan(name, index, cases, style, label_shift=shifted))
+    return plans
+
+
+def site_seed(seed: int, index: int) -> int:
+    """The phantom seed of site ``index`` in a multi-site set (as ``fedseg simulate`` uses)."""
+    return seed * 1000 + index + 1
+
+
+def generate_sites(
+    out: Path, plans: list[SitePlan], *, size: int = 96, seed: int = 0
+) -> dict[str, Path]:
+    """Write each planned site under ``out/<site name>``; returns the folders by name."""
+    folders = {}
+    for plan in plans:
+        folder = out / plan.name
+        generate(
+            folder, cases=plan.cases, size=size, seed=site_seed(seed, plan.index), style=plan.style
+        )
+        folders[plan.name] = folder
+    return folders

@@ -64,6 +64,7 @@ class SimulationConfig:
     seed: int = 0
     client_threads: int = 1
     poll_wait_s: float = 5.0
+    heterogeneity: str = "none"  # client.phantoms.HETEROGENEITY; strong: 4/12/30 cases…
 
     @property
     def site_names(self) -> list[str]:
@@ -187,16 +188,21 @@ class Federation:
     # --- steps ----------------------------------------------------------------------------
 
     def make_data(self) -> None:
-        """Phantom data per site, each with its own site style and seed."""
-        from client.phantoms import generate
+        """Phantom data per site, each with its own site style and seed (`site_plans`)."""
+        from client.phantoms import generate, site_plans, site_seed
 
-        for site in self.sites:
+        plans = site_plans(
+            len(self.sites),
+            heterogeneity="strong" if self.config.heterogeneity == "strong" else "none",
+            cases_per_site=self.config.cases_per_site,
+        )
+        for site, plan in zip(self.sites, plans, strict=True):
             generate(
                 site.data_dir,
-                cases=self.config.cases_per_site,
+                cases=plan.cases,
                 size=self.config.size,
-                seed=self.config.seed * 1000 + site.index + 1,
-                style=site.index,
+                seed=site_seed(self.config.seed, site.index),
+                style=plan.style,
             )
 
     def init_server(self) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from fedseg.simulate import Federation, SimulationConfig, prepare_workdir
 from fedseg.simulate_procs import TerminationRequested, sigterm_as_interrupt
 from shared import crypto, routes
 from shared.bundle import open_bundle
-from shared.errors import FedsegError
+from shared.errors import FedsegError, InvalidInput
 from shared.schemas import RoundInfo, RunInfo
 
 DEFAULT_WORKDIR = Path("simulate-out")
@@ -110,6 +110,14 @@ def simulate(
             show_default="no limit",
         ),
     ] = None,
+    heterogeneity: Annotated[
+        str,
+        typer.Option(
+            "--heterogeneity",
+            help="none, or strong: 4/12/30 cases per site (not --cases-per-site), "
+            "tumour-size mix, label shift at the last site.",
+        ),
+    ] = "none",
 ) -> None:
     """Run a whole federation on this machine: server, sites, run, report and plot."""
     from fedseg.admin_cli import parse_param
@@ -132,10 +140,30 @@ def simulate(
             round_timeout_s=round_timeout,
             seed=seed,
             client_threads=client_threads,
+            heterogeneity=heterogeneity,
         )
         config.run_config()  # validate before starting anything
+        _check_heterogeneity(heterogeneity)
         code = Simulation(config, baseline=baseline, timeout_s=timeout).main()
     raise typer.Exit(code)
+
+
+def _check_heterogeneity(value: str) -> None:
+    from client.phantoms import HETEROGENEITY
+
+    if value not in HETEROGENEITY:
+        raise InvalidInput(
+            f"--heterogeneity {value!r} is unknown; use {' or '.join(HETEROGENEITY)}"
+        )
+
+
+def _cases_text(config: SimulationConfig) -> str:
+    from client.phantoms import site_plans
+
+    if config.heterogeneity != "strong":
+        return str(config.cases_per_site)
+    counts = [plan.cases for plan in site_plans(config.sites, heterogeneity="strong")]
+    return "/".join(str(count) for count in counts)
 
 
 class Simulation:
@@ -190,7 +218,8 @@ class Simulation:
     def _run(self, federation: Federation) -> int:
         config = self.config
         stdout.print(
-            f"[bold]fedseg simulate[/]: {config.sites} sites × {config.cases_per_site} cases at "
+            f"[bold]fedseg simulate[/]: {config.sites} sites × "
+            f"{_cases_text(config)} cases at "
             f"{config.size}³, {config.rounds} rounds × {config.local_steps} local steps, "
             f"model {config.model}; work folder {config.workdir}"
         )

@@ -14,6 +14,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
+from shared.aggregation import (
+    AggregationConfig,
+    FedAvg,
+    accept_legacy_aggregator,
+    refuse_with_secure_aggregation,
+)
 from shared.secagg.config import SecureAggregationConfig, check_available, check_run
 
 FORMAT_VERSION: Literal[2] = 2
@@ -226,11 +232,18 @@ class RunConfig(WireModel):
         default=None, ge=1, description="quorum after the deadline; capped at the number of sites"
     )
     round_timeout_s: float = Field(default=3600.0, gt=0, le=7 * 24 * 3600)
-    aggregator: Literal["fedavg"] = "fedavg"
+    aggregation: AggregationConfig = Field(default_factory=FedAvg)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     privacy: PrivacyConfig = Field(default_factory=PlainPrivacy)
     secure_aggregation: SecureAggregationConfig | None = None
     seed: Seed = 0
+
+    _legacy_aggregator = model_validator(mode="before")(accept_legacy_aggregator)
+
+    @model_validator(mode="after")
+    def _check_aggregation(self) -> RunConfig:
+        refuse_with_secure_aggregation(self)
+        return self
 
     @model_validator(mode="after")
     def _check_sites(self) -> RunConfig:
@@ -244,7 +257,7 @@ class RunConfig(WireModel):
                 self.secure_aggregation,
                 sites=len(self.sites),
                 quorum=self.quorum,
-                aggregator=self.aggregator,
+                aggregator=self.aggregation.strategy,
             )
             check_available()
         return self

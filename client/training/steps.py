@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from monai.losses.dice import DiceLoss
 
+from client.fedprox import proximal_term
 from client.training.crops import CropPool
 from client.training.devices import Precision, autocast, resolve_precision
 from client.training.site import SiteData
@@ -85,14 +86,20 @@ def training_step(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     scaler: torch.amp.GradScaler,
     dtype: torch.dtype,
+    penalty: Callable[[], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """One optimiser step on one batch; returns the detached loss (no device sync)."""
+    """One optimiser step on one batch; returns the detached loss (no device sync).
+
+    ``penalty`` (FedProx's proximal term) is added to what is minimised; the returned
+    loss stays the Dice loss.
+    """
     images, labels = batch
     with autocast(images.device, dtype):
         logits = model(images)
     loss = loss_fn(logits.float(), labels)
+    objective = loss if penalty is None else loss + penalty()
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+    scaler.scale(objective).backward()  # type: ignore[no-untyped-call]
     scaler.step(optimizer)
     scaler.update()
     return loss.detach()
@@ -109,8 +116,12 @@ def training_steps(
     seed: int,
     precision: Precision = "auto",
     compile: bool = False,
+    proximal_mu: float = 0.0,
 ) -> Iterator[torch.Tensor]:
-    """Run ``steps`` optimiser steps; yields each step's loss as a device tensor."""
+    """Run ``steps`` optimiser steps; yields each step's loss as a device tensor.
+
+    ``proximal_mu`` > 0 adds FedProx's term (`client.fedprox`) to what is minimised.
+    """
     device = pool.device
     dtype = resolve_precision(device, precision)
     model.to(device).train()
@@ -120,12 +131,20 @@ def training_steps(
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     loss_fn = dice_loss()
     rng = np.random.default_rng(seed)
+    proximal = proximal_term(model, proximal_mu)
+    penalty = None if proximal is None else (lambda: proximal(model))
     for _ in range(steps):
         images, labels = pool.sample(batch_size, rng)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last_3d)
         yield training_step(
-            runner, optimizer, (images, labels), loss_fn=loss_fn, scaler=scaler, dtype=dtype
+            runner,
+            optimizer,
+            (images, labels),
+            loss_fn=loss_fn,
+            scaler=scaler,
+            dtype=dtype,
+            penalty=penalty,
         )
 
 
@@ -152,6 +171,7 @@ def train(
     precision: Precision = "auto",
     on_step: StepCallback | None = None,
     dp_sgd: DpSgdPlan | None = None,
+    proximal_mu: float = 0.0,
 ) -> TrainResult:
     """Train from ``weights`` for ``config.local_steps`` steps on the site's training split."""
     started = time.perf_counter()
@@ -186,6 +206,7 @@ def train(
             seed=config.seed if seed is None else seed,
             precision=precision,
             compile=config.compile,
+            proximal_mu=proximal_mu,
         )
     losses = []
     for number, loss in enumerate(steps, start=1):

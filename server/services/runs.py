@@ -20,6 +20,7 @@ from server.services.auth import Principal, now
 from server.services.model_worker import build_in_worker
 from server.services.publishing import build_bundle, check_model, initial_weights, read_bundle
 from server.services.rounds import Coordinator, find_run
+from server.services.served import refuse_unserved
 from server.services.sites import is_silent
 from server.storage import BlobStore
 from shared.bundle import Bundle
@@ -61,6 +62,7 @@ class RunService:
         actor.require_admin()
         config = request.config
         check_model(config)
+        refuse_unserved(config)
         moment = now()
         async with self._db.transaction() as repo:
             sites = {site.name: site for site in await repo.sites_by_names(config.sites)}

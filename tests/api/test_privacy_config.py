@@ -40,10 +40,21 @@ async def test_a_bad_privacy_block_gets_422_naming_the_field(
     assert harness.snapshot() == before
 
 
-async def test_the_task_carries_the_runs_privacy_block(harness: Harness) -> None:
+async def test_a_valid_mechanism_is_refused_until_the_server_runs_it(harness: Harness) -> None:
+    """A schema-valid dp_sgd block is refused (422 naming the field), never run as plain FedAvg.
+
+    The agent and the rounds do not apply the mechanisms yet (docs/privacy.md); a run
+    that asked for one must not train without it.
+    """
     site = await harness.add_site("site-a")
+    before = harness.snapshot()
     privacy = {"mechanism": "dp_sgd", "target_epsilon": 3.0, "delta": 1e-5}
-    await harness.create_run([site], privacy=privacy)
-    task = await harness.task(site)
-    assert task is not None
-    assert task.privacy == DpSgdPrivacy(target_epsilon=3.0, delta=1e-5)
+    body = {
+        "name": "dp-run",
+        "config": {"model": "segresnet-small", "sites": [site.name], "privacy": privacy},
+    }
+    answer = await harness.client.post(routes.RUNS, json=body, headers=harness.admin)
+    assert answer.status_code == 422, answer.text
+    assert "config.privacy.mechanism" in answer.json()["detail"]
+    assert harness.snapshot() == before
+    assert DpSgdPrivacy(target_epsilon=3.0, delta=1e-5).mechanism == "dp_sgd"
