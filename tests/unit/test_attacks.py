@@ -41,6 +41,7 @@ def _one_thread() -> object:
     yield
     torch.set_num_threads(before)
 
+
 # --- scores ------------------------------------------------------------------------------
 
 
