@@ -70,7 +70,8 @@ from shared.tensors import Tensors
 
 MODEL = "segresnet-small"
 SSIM_TARGET, AUC_TARGET = 0.2, 0.55  # issue 13: a recommended setting must reach both
-CLIP_NORM = 0.05  # dp_fedavg C, below the default update norm so that clipping bites
+ATTACK_WORKS = 0.5  # SSIM the attack must reach on the worst case before it judges
+CLIP_NORM = 0.5  # dp_fedavg C; the noise-to-signal ratio sigma*sqrt(d/m) does not depend on it
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,15 +281,25 @@ def format_pending(setting: Setting) -> str:
     return f"{setting.name:12s} {setting.note:30s} {PENDING}"
 
 
-def verdict(row: Row) -> str:
-    """Issue 13's leakage target for one measured row (the Dice cost is judged elsewhere)."""
+def verdict(row: Row, control: Row | None) -> str:
+    """Issue 13's leakage target for one row (its Dice cost is judged elsewhere).
+
+    A low SSIM only means something if the same attack, at the same scale, recovers the
+    undefended worst case (``control``); otherwise the row is INCONCLUSIVE, never PASS.
+    """
     aucs = [row.loss_attack.auc] + ([row.calibrated.auc] if row.calibrated else [])
     ok = row.ssim <= SSIM_TARGET and max(aucs) <= AUC_TARGET
-    return (
-        f"{'PASS' if ok else 'MISS'} {row.setting.name}: inversion SSIM {row.ssim:.3f} "
-        f"(target <= {SSIM_TARGET}), membership AUC {max(aucs):.3f} (target <= {AUC_TARGET}); "
-        "Dice cost: see privacy_utility"
+    figures = (
+        f"{row.setting.name}: inversion SSIM {row.ssim:.3f} (target <= {SSIM_TARGET}), "
+        f"membership AUC {max(aucs):.3f} (target <= {AUC_TARGET}); Dice cost: see privacy_utility"
     )
+    if ok and (control is None or control.ssim < ATTACK_WORKS):
+        shown = "not run" if control is None else f"SSIM {control.ssim:.3f}"
+        return (
+            f"INCONCLUSIVE {figures}; the attack did not recover the undefended worst case "
+            f"({shown} < {ATTACK_WORKS}) at this scale, so a low SSIM proves nothing"
+        )
+    return f"{'PASS' if ok else 'MISS'} {figures}"
 
 
 def chosen(names: list[str], mechanisms: list[str]) -> list[Setting]:
@@ -335,8 +346,9 @@ def main() -> None:
             row = attack_row(setting, scale, Path(tmp), device, args.clip_norm)
             rows.append(row)
             print(format_row(row), flush=True)
+    control = next((r for r in rows if r.setting.name == "worst"), None)
     for row in rows:
-        print(verdict(row))
+        print(verdict(row, control))
 
 
 if __name__ == "__main__":
