@@ -14,7 +14,7 @@ weighted mean of the protected deltas, as the server would do.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +112,7 @@ def run_federation(
                 seed=seed + 1000 * round_number + index,
             )
             noise_seed = seed + 7919 * (round_number + 1) + index
-            view = protect(upload.delta, _with_seed(mechanism, noise_seed))
+            view = protect(upload.delta, replace(mechanism, seed=noise_seed))
             uploads.append(upload)
             views.append(view)
         if first is None:
@@ -121,12 +121,3 @@ def run_federation(
         weights = apply_delta(weights, mean)
     assert first is not None
     return Federation(weights=weights, base=first[0], uploads=first[1], views=first[2])
-
-
-def _with_seed(config: MechanismConfig, seed: int) -> MechanismConfig:
-    return MechanismConfig(
-        clip_norm=config.clip_norm,
-        noise_multiplier=config.noise_multiplier,
-        noise_sites=config.noise_sites,
-        seed=seed,
-    )

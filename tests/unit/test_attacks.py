@@ -21,7 +21,7 @@ from bench.attacks.inversion import (
     simulate_update,
     total_variation,
 )
-from bench.attacks.mechanisms import MechanismConfig, dp_fedavg
+from bench.attacks.mechanisms import MECHANISMS, MechanismConfig, dp_fedavg
 from bench.attacks.membership import (
     calibrated_scores,
     example_losses,
@@ -273,3 +273,35 @@ def test_dp_fedavg_clips_then_adds_noise_of_the_stated_size() -> None:
     assert float(noise.std()) == pytest.approx(2.0 * 1.0 / 2, rel=0.05)
     with pytest.raises(ValueError, match="clip_norm"):
         dp_fedavg(delta, MechanismConfig(clip_norm=0.0))
+
+
+# --- the bench's verdicts ----------------------------------------------------------------
+
+
+def _row(name: str, ssim: float, auc: float):
+    from bench.attacks.membership import MembershipResult
+    from bench.privacy_attacks import SETTINGS, Row
+
+    setting = next(s for s in SETTINGS if s.name == name)
+    result = MembershipResult(auc=auc, tpr_at_1pct_fpr=0.0, members=8, others=8)
+    return Row(setting, ssim, 10.0, 0.1, result, result, 0.5, 1.0)
+
+
+def test_a_low_ssim_is_never_a_pass_unless_the_attack_recovered_the_worst_case() -> None:
+    from bench.privacy_attacks import verdict
+
+    defended = _row("secagg3", ssim=0.05, auc=0.5)
+    assert verdict(defended, None).startswith("INCONCLUSIVE")
+    assert verdict(defended, _row("worst", ssim=0.1, auc=0.5)).startswith("INCONCLUSIVE")
+    assert verdict(defended, _row("worst", ssim=0.8, auc=0.5)).startswith("PASS")
+    assert verdict(_row("secagg3", ssim=0.05, auc=0.7), None).startswith("MISS")
+    assert verdict(_row("secagg3", ssim=0.6, auc=0.5), None).startswith("MISS")
+
+
+def test_pending_mechanisms_are_printed_as_pending_not_measured() -> None:
+    from bench.privacy_attacks import PENDING, chosen, format_pending
+
+    rows = chosen([], ["dp_sgd"])
+    assert [r.name for r in rows] == ["dp_sgd_eps1", "dp_sgd_eps8"]
+    assert {name for name, protect in MECHANISMS.items() if protect is None} == {"dp_sgd", "svt"}
+    assert PENDING in format_pending(rows[0])
