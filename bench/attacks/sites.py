@@ -1,0 +1,123 @@
+"""Simulated sites for the leakage bench: phantom cohorts and a federation in one process.
+
+A cohort is one hospital's phantoms (one `client.phantoms` style per site): the members it
+trains on, held-out cases of the same style that it never sees (the non-members of
+membership inference), and disjoint reference cases for calibration models. Which cases
+train is decided by the site's own split (`client.data.split_cases`), so a member here is
+a member as the real agent would choose it.
+
+`run_federation` is FedAvg over `uploads.site_upload`: each round every site trains from
+the consensus, the mechanism protects each delta, and the consensus moves by the
+weighted mean of the protected deltas, as the server would do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.attacks.mechanisms import MechanismConfig, Protect
+from bench.attacks.uploads import SiteUpload, site_upload, weighted_mean
+from client.data import discover, split_cases
+from client.phantoms import generate
+from client.training import SiteData, Volume, load_site_data
+from shared import models
+from shared.schemas import TrainingConfig
+from shared.tensors import Tensors, apply_delta, state_tensors
+
+
+@dataclass(frozen=True, slots=True)
+class Cohort:
+    """One simulated site's cases: what it trains on, held-out and reference cases."""
+
+    data: SiteData  # the members plus one validation case, split as the site splits
+    held_out: list[Volume]
+    reference: SiteData  # as many other cases as members, for calibration models
+
+
+def make_cohort(
+    root: Path,
+    *,
+    style: int,
+    train_cases: int,
+    held_out: int,
+    size: int,
+    config: TrainingConfig,
+) -> Cohort:
+    """Write phantoms of ``style`` under ``root`` until the split yields every group."""
+    folder = root / f"style{style}"
+    needed = 2 * train_cases + held_out
+    count = needed + 2
+    while True:
+        generate(folder, cases=count, size=size, seed=style + 1, style=style)
+        cases = discover(folder).cases
+        train_side, val_side = split_cases(cases, config.val_fraction, config.seed)
+        if len(train_side) >= needed and val_side:
+            break
+        count += max(2, needed // 4)
+    members = list(train_side[:train_cases])
+    reference = list(train_side[train_cases : 2 * train_cases])
+    held = list(train_side[2 * train_cases : needed])
+    return Cohort(
+        data=load_site_data([*members, val_side[0]]),
+        held_out=list(load_site_data(held).volumes.values()),
+        reference=load_site_data([*reference, val_side[0]]),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Federation:
+    """A finished simulated run: the final consensus and the first round as uploaded."""
+
+    weights: Tensors
+    base: Tensors  # the consensus the first round trained from
+    uploads: list[SiteUpload]  # the first round's uploads, unprotected (the truth)
+    views: list[Tensors]  # the first round's uploads as the mechanism left them
+
+
+def initial_weights(model_name: str, model_params: Mapping[str, Any]) -> Tensors:
+    """Round-0 weights as the server makes them (registry seed 0)."""
+    return state_tensors(models.build(model_name, model_params, seed=0).state_dict())
+
+
+def run_federation(
+    *,
+    model_name: str,
+    model_params: Mapping[str, Any],
+    sites: Sequence[SiteData],
+    config: TrainingConfig,
+    rounds: int,
+    protect: Protect,
+    mechanism: MechanismConfig,
+    device: torch.device,
+    seed: int = 0,
+) -> Federation:
+    """``rounds`` of FedAvg over ``sites``, each delta passed through ``protect``."""
+    weights = initial_weights(model_name, model_params)
+    first: tuple[Tensors, list[SiteUpload], list[Tensors]] | None = None
+    for round_number in range(rounds):
+        uploads, views = [], []
+        for index, data in enumerate(sites):
+            upload = site_upload(
+                model_name=model_name,
+                model_params=model_params,
+                base=weights,
+                config=config,
+                data=data,
+                device=device,
+                seed=seed + 1000 * round_number + index,
+            )
+            noise_seed = seed + 7919 * (round_number + 1) + index
+            view = protect(upload.delta, replace(mechanism, seed=noise_seed))
+            uploads.append(upload)
+            views.append(view)
+        if first is None:
+            first = (weights, uploads, views)
+        mean = weighted_mean(views, [u.num_samples for u in uploads])
+        weights = apply_delta(weights, mean)
+    assert first is not None
+    return Federation(weights=weights, base=first[0], uploads=first[1], views=first[2])

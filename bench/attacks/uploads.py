@@ -1,0 +1,95 @@
+"""What a site uploads, produced by the real client training code, and the crops behind it.
+
+`site_upload` trains exactly as a site does (`client.training.train`: its split, its crop
+sampler, Adam, its loss) and returns the delta it would seal, plus every augmented crop
+the site's model saw, for scoring a reconstruction. The crops are replayed, not captured:
+`training_steps` draws batch ``i`` with ``pool.sample(batch_size, rng)`` from
+``numpy.random.default_rng(seed)`` and nothing else consumes that generator, so the same
+seed replays the same crops, flips and jitter (a test pins this).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from client.training import SiteData, train
+from shared.schemas import TrainingConfig
+from shared.tensors import Tensors, delta
+
+
+@dataclass(frozen=True, slots=True)
+class SiteUpload:
+    """One site's round: the delta it uploads, its weight, and what it trained on."""
+
+    delta: Tensors
+    num_samples: int
+    crops: torch.Tensor  # (steps * batch, 4, c, c, c) as the model saw them
+    crop_labels: torch.Tensor  # (steps * batch, 3, c, c, c) TC, WT, ET
+    members: tuple[str, ...]  # the case ids of its training split
+
+
+def seen_crops(
+    data: SiteData, config: TrainingConfig, *, seed: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every batch `client.training.training_steps` draws for ``config`` and ``seed``."""
+    train_set, _ = data.split(config.val_fraction, config.seed, config.max_val_cases)
+    pool = data.pool(train_set, config.crop_size, device)
+    rng = np.random.default_rng(seed)
+    batches = [pool.sample(config.batch_size, rng) for _ in range(config.local_steps)]
+    images = torch.cat([b[0] for b in batches]).cpu()
+    labels = torch.cat([b[1] for b in batches]).cpu()
+    return images, labels
+
+
+def site_upload(
+    *,
+    model_name: str,
+    model_params: Mapping[str, Any],
+    base: Mapping[str, torch.Tensor],
+    config: TrainingConfig,
+    data: SiteData,
+    device: torch.device,
+    seed: int,
+) -> SiteUpload:
+    """Train one round as a site does (fp32) and return its delta and the crops it saw."""
+    result = train(
+        model_name, model_params, base, config, data, device, seed=seed, precision="fp32"
+    )
+    images, labels = seen_crops(data, config, seed=seed, device=device)
+    train_set, _ = data.split(config.val_fraction, config.seed, config.max_val_cases)
+    return SiteUpload(
+        delta=delta(result.weights, base),
+        num_samples=result.num_samples,
+        crops=images,
+        crop_labels=labels,
+        members=tuple(v.case_id for v in train_set),
+    )
+
+
+def weighted_mean(deltas: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[int]) -> Tensors:
+    """The FedAvg mean of several deltas: all that secure aggregation lets the server see.
+
+    The protocol (shared/secagg) reveals this sum up to fixed-point rounding, which its own
+    tests bound; the rounding is far below anything that matters to an attack, so the bench
+    computes the mean directly rather than running the key exchange.
+    """
+    if not deltas or len(deltas) != len(weights):
+        raise ValueError("need one weight per delta")
+    total = float(sum(weights))
+    return {
+        name: sum(
+            (d[name] * (w / total) for d, w in zip(deltas, weights, strict=True)),
+            torch.zeros_like(deltas[0][name]),
+        )
+        for name in deltas[0]
+    }
+
+
+def l2_norm(tensors: Mapping[str, torch.Tensor]) -> float:
+    """The L2 norm of an update taken as one flat vector."""
+    return float(torch.stack([(t.double() ** 2).sum() for t in tensors.values()]).sum().sqrt())
