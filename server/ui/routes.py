@@ -357,6 +357,13 @@ async def audit_page(
         for event in events
         if actor.lower() in event.actor.lower() and action.lower() in event.action.lower()
     ]
+    chain = await services.audit.verify(user.principal)
     return render(
-        "audit.html", user=user, events=shown, actor=actor, action=action, window=AUDIT_WINDOW
+        "audit.html",
+        user=user,
+        events=shown,
+        actor=actor,
+        action=action,
+        window=AUDIT_WINDOW,
+        chain=chain,
     )

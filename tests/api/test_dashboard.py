@@ -200,3 +200,35 @@ async def test_failed_sign_ins_are_throttled_like_failed_api_logins(harness: Har
     assert answers[-1].status_code == 429 and int(answers[-1].headers["retry-after"]) > 0
     right = await post_form(harness, "/ui/login", f"token={harness.admin_token}")
     assert right.status_code == 429, "the right token must wait too while the address is throttled"
+
+
+async def test_the_audit_page_says_whether_the_chain_verifies(harness: Harness) -> None:
+    await harness.add_site("site-a")
+    await sign_in(harness, harness.admin_token)
+    await harness.app.state.services.audit.flush(everything=True)
+    page = await harness.client.get("/ui/audit")
+    assert page.status_code == 200 and "Hash chain verified" in page.text
+    assert "site.created" in page.text
+
+
+async def test_the_audit_page_shows_a_tampered_chain(harness: Harness) -> None:
+    from sqlalchemy import create_engine, text
+
+    from server.db.engine import sync_url
+
+    for name in ("site-a", "site-b"):
+        await harness.add_site(name)
+    await harness.app.state.services.audit.flush(everything=True)
+    engine = create_engine(sync_url(harness.settings.database_url))
+    try:
+        with engine.begin() as connection:
+            first = connection.execute(text("SELECT min(id) FROM audit_events")).scalar_one()
+            connection.execute(
+                text("UPDATE audit_events SET target = 'site:nobody' WHERE id = :id"),
+                {"id": first},
+            )
+    finally:
+        engine.dispose()
+    await sign_in(harness, harness.admin_token)
+    page = await harness.client.get("/ui/audit")
+    assert page.status_code == 200 and "Hash chain BROKEN" in page.text
