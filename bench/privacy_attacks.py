@@ -56,9 +56,9 @@ from bench.attacks.membership import (
 from bench.attacks.similarity import best_matches
 from bench.attacks.sites import Cohort, Federation, make_cohort, run_federation
 from bench.attacks.uploads import weighted_mean
+from client.data.cache import CachedCase
 from client.training import (
     SiteData,
-    Volume,
     build_model,
     configure_device,
     dice_loss,
@@ -141,9 +141,13 @@ def training_config(setting: Setting, scale: Scale) -> TrainingConfig:
 
 
 def case_losses(
-    weights: Tensors, volumes: list[Volume], roi: int, device: torch.device
+    weights: Tensors, cases: list[CachedCase], roi: int, device: torch.device
 ) -> np.ndarray:
-    """Each whole case's Dice loss under ``weights`` (sliding-window inference)."""
+    """Each whole case's Dice loss under ``weights`` (sliding-window inference).
+
+    The voxels are read from the site's cache (float16, as evaluation reads them) and
+    scored in float32.
+    """
     model = build_model(MODEL, {}, weights).to(device)
 
     def predict(net: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
@@ -151,7 +155,13 @@ def case_losses(
         assert isinstance(out, torch.Tensor)
         return out.float()
 
-    pairs = [(v.image, v.label.float().to(device)) for v in volumes]
+    pairs = [
+        (
+            torch.from_numpy(np.array(c.image(), dtype=np.float32)),
+            torch.from_numpy(np.array(c.label())).float().to(device),
+        )
+        for c in cases
+    ]
     return example_losses(model, pairs, dice_loss(), predict=predict)
 
 
@@ -244,8 +254,8 @@ def attack_row(
     )
 
 
-def _members(cohort: Cohort, config: TrainingConfig) -> list[Volume]:
-    train_set, _ = cohort.data.split(config.val_fraction, config.seed, config.max_val_cases)
+def _members(cohort: Cohort, config: TrainingConfig) -> list[CachedCase]:
+    train_set, _ = cohort.data.split(config)
     return train_set
 
 

@@ -3,8 +3,9 @@
 A cohort is one hospital's phantoms (one `client.phantoms` style per site): the members it
 trains on, held-out cases of the same style that it never sees (the non-members of
 membership inference), and disjoint reference cases for calibration models. Which cases
-train is decided by the site's own split (`client.data.split_cases`), so a member here is
-a member as the real agent would choose it.
+train is decided by the site's own split (`SiteData.split`, i.e. `client.data.split_ids`
+under the run's training config), so a member here is a member as the real agent would
+choose it. Cases are preprocessed once into an on-disk cache under the cohort's root.
 
 `run_federation` is FedAvg over `uploads.site_upload`: each round every site trains from
 the consensus, the mechanism protects each delta, and the consensus moves by the
@@ -22,9 +23,10 @@ import torch
 
 from bench.attacks.mechanisms import MechanismConfig, Protect
 from bench.attacks.uploads import SiteUpload, site_upload, weighted_mean
-from client.data import discover, split_cases
+from client.data import Case, discover, split_ids
+from client.data.cache import CachedCase
 from client.phantoms import generate
-from client.training import SiteData, Volume, load_site_data
+from client.training import SiteData, load_site_data
 from shared import models
 from shared.schemas import TrainingConfig
 from shared.tensors import Tensors, apply_delta, state_tensors
@@ -34,9 +36,26 @@ from shared.tensors import Tensors, apply_delta, state_tensors
 class Cohort:
     """One simulated site's cases: what it trains on, held-out and reference cases."""
 
-    data: SiteData  # the members plus one validation case, split as the site splits
-    held_out: list[Volume]
-    reference: SiteData  # as many other cases as members, for calibration models
+    data: SiteData  # the members plus the validation cases its split needs
+    held_out: list[CachedCase]
+    reference: SiteData  # as many other cases as members (same validation cases)
+
+
+def _validation_count(members: int, config: TrainingConfig) -> int:
+    """How many validation cases to add to ``members`` so the site's split trains on all of them.
+
+    `split_ids` validates ``round(n * val_fraction)`` cases (at least one, at most
+    ``n - min_train``), the lowest-ranked by the seeded hash. Cases from the validation
+    side of a larger split rank below every training-side case, so adding exactly the
+    count the split asks for leaves precisely the members training.
+    """
+    extra = 1
+    while True:
+        n = members + extra
+        wanted = min(max(1, round(n * config.val_fraction)), max(1, n - config.min_train))
+        if wanted == extra:
+            return extra
+        extra += 1
 
 
 def make_cohort(
@@ -50,23 +69,36 @@ def make_cohort(
 ) -> Cohort:
     """Write phantoms of ``style`` under ``root`` until the split yields every group."""
     folder = root / f"style{style}"
+    cache = root / "cache"
     needed = 2 * train_cases + held_out
+    extra = _validation_count(train_cases, config)
     count = needed + 2
     while True:
         generate(folder, cases=count, size=size, seed=style + 1, style=style)
-        cases = discover(folder).cases
-        train_side, val_side = split_cases(cases, config.val_fraction, config.seed)
-        if len(train_side) >= needed and val_side:
+        cases: dict[str, Case] = {c.case_id: c for c in discover(folder).cases}
+        plan = split_ids(
+            list(cases), val_fraction=config.val_fraction, seed=config.seed,
+            min_train=config.min_train,
+        )  # fmt: skip
+        train_side = [cases[i] for i in plan.train]
+        val_side = [cases[i] for i in plan.val]
+        if len(train_side) >= needed and len(val_side) >= extra:
             break
         count += max(2, needed // 4)
     members = list(train_side[:train_cases])
     reference = list(train_side[train_cases : 2 * train_cases])
     held = list(train_side[2 * train_cases : needed])
-    return Cohort(
-        data=load_site_data([*members, val_side[0]]),
-        held_out=list(load_site_data(held).volumes.values()),
-        reference=load_site_data([*reference, val_side[0]]),
+    validation = list(val_side[:extra])
+    cohort = Cohort(
+        data=load_site_data([*members, *validation], cache),
+        held_out=list(load_site_data(held, cache).cases.values()),
+        reference=load_site_data([*reference, *validation], cache),
     )
+    for site, expected in ((cohort.data, members), (cohort.reference, reference)):
+        train_set, _ = site.split(config)
+        if {c.case_id for c in train_set} != {c.case_id for c in expected}:
+            raise RuntimeError("the site's own split does not train on the chosen cases")
+    return cohort
 
 
 @dataclass(frozen=True, slots=True)

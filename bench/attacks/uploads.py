@@ -3,9 +3,10 @@
 `site_upload` trains exactly as a site does (`client.training.train`: its split, its crop
 sampler, Adam, its loss) and returns the delta it would seal, plus every augmented crop
 the site's model saw, for scoring a reconstruction. The crops are replayed, not captured:
-`training_steps` draws batch ``i`` with ``pool.sample(batch_size, rng)`` from
-``numpy.random.default_rng(seed)`` and nothing else consumes that generator, so the same
-seed replays the same crops, flips and jitter (a test pins this).
+`client.training.training_steps` draws batch ``i`` with ``pool.sample(batch_size, rng)``
+from the site's `client.training.CropPool` (``SiteData.pool``) and
+``numpy.random.default_rng(seed)``, and nothing else consumes that generator, so the same
+pool and seed replay the same crops, flips and jitter (a test pins this).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def seen_crops(
     data: SiteData, config: TrainingConfig, *, seed: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every batch `client.training.training_steps` draws for ``config`` and ``seed``."""
-    train_set, _ = data.split(config.val_fraction, config.seed, config.max_val_cases)
+    train_set, _ = data.split(config)
     pool = data.pool(train_set, config.crop_size, device)
     rng = np.random.default_rng(seed)
     batches = [pool.sample(config.batch_size, rng) for _ in range(config.local_steps)]
@@ -61,13 +62,13 @@ def site_upload(
         model_name, model_params, base, config, data, device, seed=seed, precision="fp32"
     )
     images, labels = seen_crops(data, config, seed=seed, device=device)
-    train_set, _ = data.split(config.val_fraction, config.seed, config.max_val_cases)
+    train_set, _ = data.split(config)
     return SiteUpload(
         delta=delta(result.weights, base),
         num_samples=result.num_samples,
         crops=images,
         crop_labels=labels,
-        members=tuple(v.case_id for v in train_set),
+        members=tuple(c.case_id for c in train_set),
     )
 
 

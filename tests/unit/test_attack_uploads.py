@@ -24,11 +24,11 @@ def cohort(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_cohort_groups_are_disjoint_and_members_are_the_sites_training_split(cohort) -> None:
-    train_set, val_set = cohort.data.split(CONFIG.val_fraction, CONFIG.seed, CONFIG.max_val_cases)
-    members = {v.case_id for v in train_set}
-    held = {v.case_id for v in cohort.held_out}
-    reference_train, _ = cohort.reference.split(CONFIG.val_fraction, CONFIG.seed, 8)
-    references = {v.case_id for v in reference_train}
+    train_set, val_set = cohort.data.split(CONFIG)
+    members = {c.case_id for c in train_set}
+    held = {c.case_id for c in cohort.held_out}
+    reference_train, _ = cohort.reference.split(CONFIG)
+    references = {c.case_id for c in reference_train}
     assert len(members) == 2 and len(held) == 2 and len(references) == 2 and len(val_set) == 1
     assert not members & held and not members & references and not held & references
 
