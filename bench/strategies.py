@@ -28,8 +28,10 @@ robust strategy under attack within 0.02 of the honest FedAvg run.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import platform
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -231,7 +233,7 @@ def main() -> None:
             crop_size=min(args.crop, args.size),
             learning_rate=args.lr,
             val_fraction=0.25,
-            max_val_cases=4,
+            eval_max_cases=4,
             seed=args.seed,
         ),
         rounds=args.rounds,
@@ -239,10 +241,13 @@ def main() -> None:
         device=torch.device("cpu"),
     )
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="fedseg-strategies-") as tmp:
-        plans = site_plans(SITES, heterogeneity="strong")
-        folders = generate_sites(Path(tmp), plans, size=args.size, seed=args.seed)
-        splits = load_splits(folders, setting.training)
+    # the cached cases are memory-mapped from here: the folder lives as long as the bench
+    tmp = tempfile.mkdtemp(prefix="fedseg-strategies-")
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    plans = site_plans(SITES, heterogeneity="strong")
+    folders = generate_sites(Path(tmp), plans, size=args.size, seed=args.seed)
+    caches = {name: Path(tmp) / "cache" / name for name in folders}
+    splits = load_splits(folders, setting.training, caches=caches)
     sites = [Site(split, SiteData({v.case_id: v for v in split.train})) for split in splits]
     print(
         f"# {SITES} sites: "

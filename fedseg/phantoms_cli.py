@@ -35,12 +35,17 @@ def phantoms(
         typer.Option(
             "--site-style",
             help="A style name (reference, lowfield, highfield, community) or a number "
-            "(one folder only).",
+            "(one folder only; default: reference, or one style per site with --sites).",
         ),
     ] = None,
     sites: Annotated[
         int | None,
-        typer.Option("--sites", min=1, max=26, help="Write OUT/site-1 … site-N, a style per site."),
+        typer.Option(
+            "--sites",
+            min=1,
+            max=26,
+            help="Write OUT/site-1 … site-N, a style per site (default: one folder).",
+        ),
     ] = None,
     heterogeneity: Annotated[
         str,

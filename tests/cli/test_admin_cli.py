@@ -381,6 +381,6 @@ def test_models_export_from_a_run_records_its_provenance(admin, server, tmp_path
     assert result["run_id"] == run.id and result["version"] == 0
     meta = json.loads((out / "configs" / "metadata.json").read_text())["fedseg"]
     assert meta["sites"] == ["export-a", "export-b"] and meta["rounds"] == 2
-    assert meta["privacy"] == {"clip_norm": None}
+    assert meta["privacy"]["mechanism"] == "none" and meta["privacy"]["clip_norm"] is None
     assert meta["server_fingerprint"] == crypto.fingerprint(key)
     assert (out / "models" / "model.pt").is_file()

@@ -57,8 +57,10 @@ def _drift(weights: dict[str, torch.Tensor], initial: dict[str, torch.Tensor]) -
     )
 
 
-def test_mu_zero_is_fedavgs_step_and_mu_above_zero_moves_less(phantoms32: Path) -> None:
-    data = load_site_data(discover(phantoms32).cases)
+def test_mu_zero_is_fedavgs_step_and_mu_above_zero_moves_less(
+    phantoms32: Path, tmp_path: Path
+) -> None:
+    data = load_site_data(discover(phantoms32).cases, tmp_path / "cache")
     initial = state_tensors(models.build("segresnet-small", TINY, seed=0).state_dict())
     config = TrainingConfig(local_steps=3, batch_size=1, crop_size=16, learning_rate=1e-2)
     plain = train("segresnet-small", TINY, initial, config, data, CPU)
