@@ -9,7 +9,7 @@ in-process evaluation of the final model and the optional central baseline. Writ
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -244,41 +244,29 @@ def write_report(report: Mapping[str, Any], path: Path) -> None:
 
 def dice_table(report: Mapping[str, Any]) -> Table:
     """Validation Dice per model version: the mean over sites, each site, the baseline."""
-    versions = report["dice_by_version"]
-    sites = sorted({site for entry in versions for site in entry["sites"]})
-    has_baseline = any(entry.get("baseline") for entry in versions)
-    table = Table(
+    return _by_version_table(
+        report["dice_by_version"],
         title="Validation Dice of the consensus model after each round (mean over sites)",
-        title_justify="left",
+        show=fmt_dice,
     )
-    table.add_column("round", justify="right", no_wrap=True)
-    for region in ("TC", "WT", "ET", "mean"):
-        table.add_column(region, justify="right")
-    for site in sites:
-        table.add_column(site, justify="right")
-    if has_baseline:
-        table.add_column("central", justify="right")
-    for entry in versions:
-        mean = entry["mean"] or {}
-        label = str(entry["version"]) + (" (init)" if entry["version"] == 0 else "")
-        row = [label, *(fmt_dice(mean.get(region)) for region in REGIONS)]
-        row += [fmt_dice((entry["sites"].get(site) or {}).get("mean")) for site in sites]
-        if has_baseline:
-            baseline = (entry.get("baseline") or {}).get("mean") or {}
-            row.append(fmt_dice(baseline.get("mean")))
-        table.add_row(*row)
-    return table
 
 
 def hd95_table(report: Mapping[str, Any]) -> Table:
     """The Dice table's companion: HD95 in millimetres per model version (lower is better)."""
-    versions = report.get("hd95_by_version") or []
+    return _by_version_table(
+        report.get("hd95_by_version") or [],
+        title="Validation HD95 (mm; 374 when a region is missed or invented) after each round",
+        show=_mm,
+    )
+
+
+def _by_version_table(
+    versions: Sequence[Mapping[str, Any]], *, title: str, show: Callable[[float | None], str]
+) -> Table:
+    """One row per model version: the regions' means over sites, each site, the baseline."""
     sites = sorted({site for entry in versions for site in entry["sites"]})
     has_baseline = any(entry.get("baseline") for entry in versions)
-    table = Table(
-        title="Validation HD95 (mm; 374 when a region is missed or invented) after each round",
-        title_justify="left",
-    )
+    table = Table(title=title, title_justify="left")
     table.add_column("round", justify="right", no_wrap=True)
     for region in ("TC", "WT", "ET", "mean"):
         table.add_column(region, justify="right")
@@ -289,10 +277,10 @@ def hd95_table(report: Mapping[str, Any]) -> Table:
     for entry in versions:
         mean = entry["mean"] or {}
         label = str(entry["version"]) + (" (init)" if entry["version"] == 0 else "")
-        row = [label, *(_mm(mean.get(region)) for region in REGIONS)]
-        row += [_mm((entry["sites"].get(site) or {}).get("mean")) for site in sites]
+        row = [label, *(show(mean.get(region)) for region in REGIONS)]
+        row += [show((entry["sites"].get(site) or {}).get("mean")) for site in sites]
         if has_baseline:
-            row.append(_mm(((entry.get("baseline") or {}).get("mean") or {}).get("mean")))
+            row.append(show(((entry.get("baseline") or {}).get("mean") or {}).get("mean")))
         table.add_row(*row)
     return table
 
