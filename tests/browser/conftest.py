@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from fedseg.simulate import Federation, prepare_workdir
-from tests.integration.conftest import small_config
+from fedseg.simulate import Federation
+from tests.integration.conftest import enrolled_federation, small_config
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -40,16 +40,8 @@ def screenshots() -> Path:
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
     """Server up, three sites enrolled; runs are made by the tests."""
     config = small_config(tmp_path_factory.mktemp("browser"), rounds=3, local_steps=4)
-    prepare_workdir(config.workdir)
-    fed = Federation(config)
-    try:
-        fed.make_data()
-        fed.init_server()
-        fed.start_server()
-        fed.enroll_sites()
+    with enrolled_federation(config) as fed:
         yield fed
-    finally:
-        fed.close()
 
 
 def _options(profile: Path) -> object:

@@ -9,6 +9,7 @@ the run in which a site is killed mid-round.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,10 +62,9 @@ class FinishedRun:
     rounds: list[RoundInfo]
 
 
-@pytest.fixture(scope="session")
-def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
-    """Server up, three sites enrolled, no run yet; every process stopped at the end."""
-    config = small_config(tmp_path_factory.mktemp("federation"))
+@contextmanager
+def enrolled_federation(config: SimulationConfig) -> Iterator[Federation]:
+    """Data made, server up, every site enrolled, no run yet; every process stopped after."""
     prepare_workdir(config.workdir)
     fed = Federation(config)
     try:
@@ -75,6 +75,13 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
         yield fed
     finally:
         fed.close()
+
+
+@pytest.fixture(scope="session")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    """Server up, three sites enrolled, no run yet; every process stopped at the end."""
+    with enrolled_federation(small_config(tmp_path_factory.mktemp("federation"))) as fed:
+        yield fed
 
 
 @pytest.fixture(scope="session")
