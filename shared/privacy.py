@@ -6,8 +6,8 @@ under its own domain so a decline's signature can never pass for a task's or an
 update's. An `EpsilonEntry` is one round of the site's ε ledger, the record of what
 the site's privacy cost was; it rides in the signed update header.
 
-The server side (recording declines as a round state, storing ledger rows) is wired
-separately; these are the shapes and the pure sign/verify functions.
+`EpsilonEntry` lives in `shared.schemas` (the update header carries it) and is
+re-exported here.
 """
 
 from __future__ import annotations
@@ -23,14 +23,28 @@ from pydantic import Field
 from shared import crypto
 from shared.errors import IntegrityError
 from shared.schemas import (
+    Accountant,
     Base64,
-    Mechanism,
+    EpsilonEntry,
     Name,
     RoundNumber,
     Sha256Hex,
     WireModel,
     canonical_json,
 )
+
+__all__ = [
+    "BUDGET_REASONS",
+    "DECLINE_REASONS",
+    "Accountant",
+    "Decline",
+    "DeclineReason",
+    "DeclineReceipt",
+    "EpsilonEntry",
+    "SignedDecline",
+    "sign_decline",
+    "verify_decline",
+]
 
 DECLINE_DOMAIN: Final = b"fedseg/decline/v1"
 
@@ -45,9 +59,8 @@ DeclineReason = Literal[
     "secure_mode_unavailable",  # secure_mode asked for, no CSPRNG backend at the site
 ]
 DECLINE_REASONS: Final[tuple[str, ...]] = get_args(DeclineReason)
-
-Accountant = Literal["rdp", "prv", "pure"]
-
+BUDGET_REASONS: Final = frozenset({"budget_exhausted", "run_budget_exhausted"})
+"""Declines that say a privacy budget is spent: a run stopped by them is budget_exhausted."""
 
 class Decline(WireModel):
     """A site's refusal to train one round, with a stable reason code."""
@@ -72,27 +85,14 @@ class SignedDecline(WireModel):
     signature: Base64
 
 
-class EpsilonEntry(WireModel):
-    """One round of a site's ε ledger: what the round cost and what the run has cost.
+class DeclineReceipt(WireModel):
+    """The server's acknowledgement of a decline: recorded once, the round goes on."""
 
-    ``epsilon`` is this round's increase of ``cumulative_epsilon`` (the site's ε over
-    the run so far, at ``delta``). Gaussian mechanisms (dp_sgd, dp_fedavg) are composed
-    by Opacus' accountant over the run's whole history, which is tighter than adding
-    rounds up; svt's pure ε adds. ``noise_multiplier``, ``clip``, ``sample_rate`` and
-    ``steps`` are the accountant's inputs, so anyone can recompute the figure.
-    """
-
-    run_id: str = Field(min_length=1, max_length=64)
+    run_id: str
     round: RoundNumber
-    mechanism: Mechanism
-    accountant: Accountant
-    epsilon: float = Field(ge=0)
-    cumulative_epsilon: float = Field(ge=0)
-    delta: float = Field(ge=0, lt=1)
-    noise_multiplier: float | None = Field(default=None, gt=0)
-    clip: float | None = Field(default=None, gt=0)
-    sample_rate: float | None = Field(default=None, gt=0, le=1)
-    steps: int = Field(ge=0)
+    site: str
+    reason: DeclineReason
+    recorded_at: datetime
 
 
 def _decline_digest(decline: Decline) -> bytes:

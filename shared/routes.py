@@ -27,6 +27,9 @@ STATUS: Final = f"{PREFIX}/status"  # POST StatusReport -> 204
 UPDATES: Final = (
     f"{PREFIX}/runs/{{run_id}}/rounds/{{round}}/updates"  # PUT envelope -> UpdateReceipt
 )
+DECLINE: Final = (
+    f"{PREFIX}/runs/{{run_id}}/rounds/{{round}}/decline"  # POST SignedDecline -> DeclineReceipt
+)
 
 # site (member of the run), viewer and admin scope
 MODEL_BUNDLE: Final = (

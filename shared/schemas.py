@@ -219,6 +219,32 @@ PrivacyConfig = Annotated[
 ]
 
 
+Accountant = Literal["rdp", "prv", "pure"]
+
+
+class EpsilonEntry(WireModel):
+    """One round of a site's ε ledger: what the round cost and what the run has cost.
+
+    ``epsilon`` is this round's increase of ``cumulative_epsilon`` (the site's ε over
+    the run so far, at ``delta``). Gaussian mechanisms (dp_sgd, dp_fedavg) are composed
+    by Opacus' accountant over the run's whole history, which is tighter than adding
+    rounds up; svt's pure ε adds. ``noise_multiplier``, ``clip``, ``sample_rate`` and
+    ``steps`` are the accountant's inputs, so anyone can recompute the figure.
+    """
+
+    run_id: str = Field(min_length=1, max_length=64)
+    round: RoundNumber
+    mechanism: Mechanism
+    accountant: Accountant
+    epsilon: float = Field(ge=0, le=1e12)
+    cumulative_epsilon: float = Field(ge=0, le=1e12)
+    delta: float = Field(ge=0, lt=1)
+    noise_multiplier: float | None = Field(default=None, gt=0, le=1e9)
+    clip: float | None = Field(default=None, gt=0, le=1e12)
+    sample_rate: float | None = Field(default=None, gt=0, le=1)
+    steps: int = Field(ge=0, le=10**9)
+
+
 class RunConfig(WireModel):
     """Everything a run decides up front; validated once at creation."""
 
@@ -301,6 +327,7 @@ SiteState = Literal[
     "uploaded",
     "error",
     "stopped",  # the agent was stopped (Ctrl-C, docker stop); the round resumes on restart
+    "declined",  # the site signed a decline for this round (reason in ``decline_reason``)
     "offline",  # silent for longer than the server's site_offline_after_s
 ]
 
@@ -335,6 +362,12 @@ class SiteProgress(WireModel):
     metrics: Metrics = Field(default_factory=dict)
     updated_at: datetime | None = None
     last_seen_at: datetime | None = None
+    decline_reason: str | None = Field(
+        default=None, description="the stable reason code of the site's signed decline"
+    )
+    privacy: EpsilonEntry | None = Field(
+        default=None, description="the site's ε ledger entry for this round, from its update"
+    )
 
 
 class RoundInfo(WireModel):
@@ -483,6 +516,9 @@ class UpdateHeader(WireModel):
     kind: Literal["delta"] = "delta"
     num_samples: int
     metrics: Metrics = Field(default_factory=dict)
+    privacy: EpsilonEntry | None = Field(
+        default=None, description="the site's ε ledger entry for this round (DP runs only)"
+    )
     created_at: datetime
 
 
