@@ -473,6 +473,10 @@ class Task(WireModel):
     deadline: datetime
     training: TrainingConfig
     privacy: PrivacyConfig = Field(default_factory=PlainPrivacy)
+    rounds: int = Field(default=1, ge=1, le=10_000, description="the run's rounds (accountant)")
+    quorum: int = Field(
+        default=1, ge=1, le=1000, description="sites a round needs (dp_fedavg noise share m)"
+    )
     issued_at: datetime
 
 

@@ -114,6 +114,8 @@ class TaskService:
                 deadline=row.deadline,
                 training=config.training,
                 privacy=config.privacy,
+                rounds=config.rounds,
+                quorum=config.quorum,
                 issued_at=now(),
             )
             return TaskPoll(
