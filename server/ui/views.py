@@ -131,23 +131,23 @@ def dice_series(rounds: Sequence[RoundInfo], region: str) -> list[Series]:
 
 
 def epsilon_series(rounds: Sequence[RoundInfo]) -> list[Series]:
-    """Cumulative ε per site against the round, where sites report it."""
+    """Cumulative ε per site against the round, from the ε ledger entry of each update."""
     by_site: dict[str, list[tuple[float, float]]] = {}
     for info in sorted(rounds, key=lambda item: item.round):
         for progress in info.sites:
-            value = progress.metrics.get("epsilon")
-            if value is not None:
+            if progress.privacy is not None:
+                value = progress.privacy.cumulative_epsilon
                 by_site.setdefault(progress.site, []).append((info.round, float(value)))
     return [Series(label=site, points=points) for site, points in sorted(by_site.items())]
 
 
 def declines(rounds: Sequence[RoundInfo]) -> list[tuple[int, SiteProgress]]:
-    """Every (round, site) a site declined, with its reason in the message."""
+    """Every (round, site) a site declined; the reason code is in ``decline_reason``."""
     return [
         (info.round, progress)
         for info in sorted(rounds, key=lambda item: item.round)
         for progress in info.sites
-        if str(progress.state) == "declined"
+        if progress.state == "declined"
     ]
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from server.ui import charts, views
 from server.ui.sessions import SessionStore
-from shared.schemas import RoundInfo, SiteProgress
+from shared.schemas import EpsilonEntry, RoundInfo, SiteProgress
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -71,13 +71,30 @@ def test_the_live_round_marks_sites_late_only_after_the_deadline() -> None:
 
 
 def test_declines_and_epsilon_are_read_from_the_sites_progress() -> None:
-    # "declined" arrives with the sites' privacy policy; built unvalidated until then
-    declined = SiteProgress.model_construct(
-        site="c", state="declined", message="budget_exhausted", metrics={}
+    entry = EpsilonEntry(
+        run_id="run-1",
+        round=1,
+        mechanism="dp_sgd",
+        accountant="rdp",
+        epsilon=0.5,
+        cumulative_epsilon=0.5,
+        delta=1e-5,
+        noise_multiplier=1.1,
+        clip=1.0,
+        sample_rate=0.25,
+        steps=4,
     )
-    rounds = [round_info(1, [uploaded("a", 1, epsilon=0.5), declined])]
+    declined = SiteProgress(
+        site="c", state="declined", decline_reason="budget_exhausted", message="over budget"
+    )
+    plain = uploaded("b", 1, epsilon=9.0)  # a metric named epsilon is not a ledger entry
+    rounds = [
+        round_info(1, [uploaded("a", 1).model_copy(update={"privacy": entry}), plain, declined])
+    ]
     assert [(number, item.site) for number, item in views.declines(rounds)] == [(1, "c")]
-    assert [line.points for line in views.epsilon_series(rounds)] == [[(1, 0.5)]]
+    assert [(line.label, line.points) for line in views.epsilon_series(rounds)] == [
+        ("a", [(1, 0.5)])
+    ]
 
 
 def test_charts_scale_into_the_plot_area_and_clamp() -> None:
