@@ -60,8 +60,11 @@ def _setup_logging(verbose: bool) -> None:
     if sys.stderr.isatty():
         from rich.logging import RichHandler
 
+        from client.progress import show_bars
+
         handler = RichHandler(console=stderr, show_path=False, rich_tracebacks=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
+        show_bars(stderr)
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, SupportsFloat
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-StepCallback = Callable[[int, int, float], None]  # (step, total, loss) after each step
+StepCallback = Callable[[int, int, SupportsFloat], None]  # (step, total, loss) after each step
 
 
 def build_model(
@@ -212,7 +212,7 @@ def train(
     for number, loss in enumerate(steps, start=1):
         losses.append(loss)
         if on_step is not None:
-            on_step(number, config.local_steps, float(loss))
+            on_step(number, config.local_steps, loss)  # a tensor: no device sync per step
     mean = float(torch.stack(losses).mean().item())
     if not np.isfinite(mean):
         raise TensorError("local training diverged: the loss is not finite", code="non_finite")

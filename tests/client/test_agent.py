@@ -337,6 +337,8 @@ def test_a_transient_poll_failure_is_retried(server, state) -> None:
     server.poll = flaky  # type: ignore[method-assign]
     assert agent.run(poll_wait=1, exit_when_done=True, idle_exit_s=0) == 0
     assert answers == []
+
+
 def test_a_receipt_for_other_bytes_fails_closed(server, state) -> None:
     """Defect: a receipt naming another sha256 was saved as accepted (only logged)."""
     server.receipt_sha256 = "0" * 64

@@ -79,3 +79,32 @@ def test_training_logs_rate_and_eta(phantoms32: Path, tmp_path: Path, caplog) ->
     assert result.steps == 4 and result.num_samples == 3
     lines = [r.message for r in caplog.records if "steps/s" in r.message]
     assert lines and "step 4/4 (100%)" in lines[-1] and "left" in lines[-1]
+
+
+def test_the_step_meter_reads_the_loss_only_when_it_logs_and_drives_a_bar_on_a_terminal(
+    caplog,
+) -> None:
+    import io
+
+    from rich.console import Console
+
+    from client import progress
+
+    class Loss:
+        reads = 0
+
+        def __float__(self) -> float:
+            Loss.reads += 1
+            return 0.5
+
+    screen = io.StringIO()
+    progress.show_bars(Console(file=screen, force_terminal=True, width=80))
+    try:
+        caplog.set_level(logging.INFO, logger="client.progress")
+        meter = progress.StepMeter("round 1: training", 20)
+        for step in range(1, 21):
+            meter(step, 20, Loss())
+    finally:
+        progress.show_bars(None)
+    assert Loss.reads == len(caplog.records) == 10  # one read per logged line, not per step
+    assert "round 1: training" in screen.getvalue()  # the bar was drawn
