@@ -304,3 +304,53 @@ def test_a_case_without_label_preprocesses_for_inference(tmp_path: Path) -> None
         preprocess_case(case)
     done = preprocess_case(case, labelled=False)
     assert done.image.shape[0] == 4 and not done.label.any()
+
+
+def _monai_crop_and_normalise(image: np.ndarray) -> np.ndarray:
+    from monai.data.meta_obj import set_track_meta
+    from monai.transforms.croppad.dictionary import CropForegroundd
+    from monai.transforms.intensity.dictionary import NormalizeIntensityd
+
+    set_track_meta(False)
+    try:
+        item = CropForegroundd(keys="image", source_key="image", margin=2, allow_smaller=True)(
+            {"image": image.copy()}
+        )
+        item = NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True)(item)
+    finally:
+        set_track_meta(True)
+    return np.asarray(item["image"])
+
+
+def test_crop_and_normalisation_equal_monai_on_awkward_images() -> None:
+    """A brain touching the border, a constant channel and an empty channel, as MONAI does them."""
+    from client.data.preprocess import foreground_box, normalise_nonzero
+
+    rng = np.random.default_rng(3)
+    image = np.zeros((4, 30, 26, 20), dtype=np.float32)
+    image[0, 0:12, 5:26, 3:9] = rng.normal(300, 40, (12, 21, 6))
+    image[1, 10:20, 4:6, 7:19] = 5.0  # constant: std 0 divides by 1
+    image[2, 2:28, 1:25, 0:20] = rng.normal(-2, 1, (26, 24, 20))  # negatives are not foreground
+    reference = _monai_crop_and_normalise(image)
+    box = foreground_box(image)
+    ours = normalise_nonzero(np.array(image[(slice(None), *box)]))
+    assert ours.shape == reference.shape
+    assert np.allclose(ours, reference, atol=1e-5)
+    assert not ours[3].any()
+
+
+def test_region_channels_from_integer_and_float_labels() -> None:
+    from client.data.preprocess import regions_of
+
+    codes = np.array([[[0, 1, 2, 4, 3, 9]]], dtype=np.int16)
+    expected = np.array(
+        [
+            [[[0, 1, 0, 1, 0, 0]]],  # TC: necrosis and enhancing
+            [[[0, 1, 1, 1, 0, 0]]],  # WT: every tumour label
+            [[[0, 0, 0, 1, 0, 0]]],  # ET: enhancing
+        ],
+        dtype=np.uint8,
+    )
+    identity = {0: 0, 1: 1, 2: 2, 4: 4}
+    assert np.array_equal(regions_of(codes, identity), expected)
+    assert np.array_equal(regions_of(codes.astype(np.float32) + 0.2, identity), expected)
