@@ -161,7 +161,7 @@ class DeclineRow(Base):
     """
 
     __tablename__ = "declines"
-    __table_args__ = (UniqueConstraint("round_id", "site_id"),)
+    __table_args__ = (UniqueConstraint("round_id", "site_id", name="uq_declines_round_site"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"))

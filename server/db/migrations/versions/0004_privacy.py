@@ -39,7 +39,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["round_id"], ["rounds.id"]),
         sa.ForeignKeyConstraint(["site_id"], ["sites.id"]),
         sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("round_id", "site_id"),
+        sa.UniqueConstraint("round_id", "site_id", name="uq_declines_round_site"),
     )
     with op.batch_alter_table("updates") as batch:
         batch.add_column(sa.Column("privacy", sa.JSON(), nullable=True))
