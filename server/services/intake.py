@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from anyio import to_thread
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from server.db.declines import decline_of
 from server.db.engine import Database
 from server.db.models import UpdateRow
 from server.db.repositories import run_config
@@ -255,6 +256,8 @@ class UpdateIntake:
                 )
                 if existing is not None:
                     return slot
+                if await decline_of(repo, row.id, site_id) is not None:
+                    raise _declined(number)
                 if row.status == RoundStatus.CREATED:
                     raise Conflict(f"round {number} is not open yet", code="round_not_open")
                 if row.status != RoundStatus.OPEN:
@@ -285,6 +288,8 @@ class UpdateIntake:
             existing = await repo.update_of(row.id, site_id)
             if existing is not None:
                 return _replay(existing, body, live.run_id, live.number, site.name)
+            if await decline_of(repo, row.id, site_id) is not None:
+                raise _declined(live.number)
             if row.status != RoundStatus.OPEN or not self._rounds.is_live(live):
                 raise Conflict(f"round {live.number} is {row.status}", code="round_closed")
             await repo.add_update(
@@ -363,6 +368,11 @@ def _open(body: ReceivedBody, site_key: Ed25519PublicKey, live: LiveRound) -> Ar
     validate_arrays(tensors, live.spec)
     check_norm(tensors, live.norm_bound)
     return tensors
+
+
+def _declined(number: int) -> Conflict:
+    """A site that declined a round cannot also be counted in it."""
+    return Conflict(f"this site declined round {number}", code="decline_conflict")
 
 
 def _replay(

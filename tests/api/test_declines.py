@@ -307,3 +307,18 @@ async def test_declines_survive_a_restart_and_still_decide_the_round(
             assert (await decline(second, sites[1], run_id, 1, body)).status_code == 200
             assert (await run_info(second, run_id)).status == "budget_exhausted"
             second.close()
+
+
+async def test_a_site_that_declined_a_round_cannot_also_upload_to_it(harness: Harness) -> None:
+    sites = [await harness.add_site(name) for name in ("site-a", "site-b", "site-c")]
+    run_id = await harness.create_run(sites, rounds=1, min_sites=2)
+    task = await harness.task(sites[0])  # taken before it declined
+    assert task is not None
+    assert (await decline(harness, sites[0], run_id, 1, signed(sites[0], run_id, 1))).is_success
+    base = await harness.model(run_id, 0)
+    body = harness.seal(sites[0], task, harness.delta_like(base, 1))
+    before = harness.snapshot()
+    answer = await harness.upload(sites[0], run_id, 1, body)
+    assert answer.status_code == 409 and problem_code(answer) == "decline_conflict"
+    assert harness.snapshot() == before
+    assert (await round_info(harness, run_id, 1)).status == "open"  # still owed by b and c
