@@ -21,7 +21,7 @@ from shared.schemas import (
     TokenInfo,
 )
 
-FINISHED_RUN = frozenset({"completed", "failed", "cancelled"})
+FINISHED_RUN = frozenset({"completed", "failed", "cancelled", "budget_exhausted"})
 
 
 def sites_table(sites: Sequence[SiteInfo]) -> Table:
@@ -88,8 +88,18 @@ def run_summary(run: RunInfo) -> Text:
     return text
 
 
+def site_state(progress: SiteProgress) -> str:
+    """A site's state, with its decline's reason and its cumulative ε when it has them."""
+    text = styled(progress.state)
+    if progress.state == "declined" and progress.decline_reason:
+        text += f" ({escape(progress.decline_reason)})"
+    if progress.privacy is not None:
+        text += f" ε {progress.privacy.cumulative_epsilon:.3g}"
+    return text
+
+
 def site_cell(progress: SiteProgress | None) -> str:
-    """A site's state and the Dice it reported in one round."""
+    """A site's state (`site_state`) and the Dice it reported in one round."""
     if progress is None:
         return "[dim]-[/]"
     score = progress.metrics.get("dice_mean")
@@ -98,7 +108,7 @@ def site_cell(progress: SiteProgress | None) -> str:
     tail += f" [dim]HD95 {hd95:.1f}[/]" if hd95 is not None else ""
     if progress.state == "offline" and progress.last_seen_at is not None:
         tail += f" [dim](seen {when(progress.last_seen_at)})[/]"
-    return f"{styled(progress.state)}{tail}"
+    return f"{site_state(progress)}{tail}"
 
 
 def mean_dice(round_info: RoundInfo, key: str = "dice_mean") -> float | None:
@@ -155,7 +165,7 @@ def progress_table(
         progress = by_site.get(name)
         table.add_row(
             escape(name),
-            styled(progress.state) if progress else "[dim]-[/]",
+            site_state(progress) if progress else "[dim]-[/]",
             escape(first_line(progress.message if progress else None)),
             dice(last_dice.get(name)),
             when(progress.updated_at if progress else None),

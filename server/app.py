@@ -30,6 +30,7 @@ from server.metrics import Metrics
 from server.services.audit import AuditService
 from server.services.auth import AuthService
 from server.services.container import Services
+from server.services.declines import DeclineService
 from server.services.events import Notifier
 from server.services.intake import UpdateIntake, UploadLimits
 from server.services.keys import RoundKeys
@@ -123,6 +124,7 @@ def create_app(settings: Settings) -> FastAPI:
             intake=UpdateIntake(
                 db=db, blobs=blobs, rounds=coordinator, metrics=metrics, limits=limits
             ),
+            declines=DeclineService(db=db, rounds=coordinator, metrics=metrics),
             tasks=TaskService(
                 db,
                 signing_key,

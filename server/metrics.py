@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from collections.abc import Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
 class Metrics:
@@ -35,6 +38,29 @@ class Metrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=self.registry,
         )
+
+        self.site_epsilon = Gauge(
+            "fedseg_site_cumulative_epsilon",
+            "A site's cumulative ε in a run, from its last ledger entry",
+            ["run", "site"],
+            registry=self.registry,
+        )
+        self.declines = Counter(
+            "fedseg_declines",
+            "Rounds a site declined, by reason code",
+            ["reason"],
+            registry=self.registry,
+        )
+
+    def record_epsilon(
+        self, run_id: str, site: str | None, entry: Mapping[str, Any] | None
+    ) -> None:
+        """Export a site's cumulative ε from an update's stored ledger entry (if any)."""
+        if site is None or entry is None:
+            return
+        value = entry.get("cumulative_epsilon")
+        if isinstance(value, int | float):
+            self.site_epsilon.labels(run=run_id, site=site).set(float(value))
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry."""

@@ -11,19 +11,19 @@ handler, the site's transport and the admin client alike (`error_from_answer`).
 Tree (the HTTP status in brackets)::
 
     FedsegError [500]
-    ├── InvalidInput [422]          invalid_input, extra_field
+    ├── InvalidInput [422]          invalid_input, extra_field, bad_privacy_entry
     ├── AuthError [401]             unauthenticated, bad_token, token_revoked, token_expired
     │   └── Forbidden [403]         forbidden, wrong_site
     ├── NotFound [404]              not_found, unknown_run, unknown_site, unknown_round
     ├── Conflict [409]              conflict, round_not_open, round_closed, update_conflict,
     │                               stale_round, site_exists, run_state, round_state,
-    │                               secagg_threshold, secagg_refused
+    │                               secagg_threshold, secagg_refused, decline_conflict
     ├── PayloadTooLarge [413]       payload_too_large
     ├── RateLimited [429]           rate_limited
     ├── IntegrityError [400]        bad_signature, decryption_failed, hash_mismatch,
     │                               malformed_envelope, truncated, weak_key
     ├── TensorError [422]           tensor_mismatch, non_finite, base_model_mismatch,
-    │                               bad_num_samples
+    │                               bad_num_samples, norm_exceeded
     ├── BundleError [400]           bundle_invalid, unknown_key
     ├── DataError [422]             data_invalid
     ├── ConfigError [500]           config_invalid
@@ -60,7 +60,11 @@ class InvalidInput(FedsegError):
 
     default_code = "invalid_input"
     http_status = 422
-    codes: ClassVar[tuple[str, ...]] = ("invalid_input", "extra_field")
+    codes: ClassVar[tuple[str, ...]] = (
+        "invalid_input",
+        "extra_field",
+        "bad_privacy_entry",  # an update's ε ledger entry is missing, extra or for another run
+    )
 
 
 class AuthError(FedsegError):
@@ -108,6 +112,7 @@ class Conflict(FedsegError):
         "round_state",
         "secagg_threshold",  # too few survivors hold shares to unmask a round's sum
         "secagg_refused",  # a site refuses an unmask request that would reveal one input
+        "decline_conflict",  # a decline disagrees with what the site already did this round
     )
 
 
@@ -152,6 +157,7 @@ class TensorError(FedsegError):
         "non_finite",
         "base_model_mismatch",
         "bad_num_samples",
+        "norm_exceeded",  # the delta's L2 norm is above what the run's clip allows
     )
 
 

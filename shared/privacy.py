@@ -62,6 +62,7 @@ DECLINE_REASONS: Final[tuple[str, ...]] = get_args(DeclineReason)
 BUDGET_REASONS: Final = frozenset({"budget_exhausted", "run_budget_exhausted"})
 """Declines that say a privacy budget is spent: a run stopped by them is budget_exhausted."""
 
+
 class Decline(WireModel):
     """A site's refusal to train one round, with a stable reason code."""
 

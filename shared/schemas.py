@@ -30,6 +30,8 @@ Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Base64 = Annotated[str, Field(min_length=4, max_length=4096, pattern=r"^[A-Za-z0-9+/]+={0,2}$")]
 RoundNumber = Annotated[int, Field(ge=0, le=100_000)]
 RunId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]*$")]
+MAX_NUM_SAMPLES = 2**31 - 1
+"""The most cases any update may claim (a signed 32-bit integer); a run's cap is lower."""
 Seed = Annotated[int, Field(ge=0, le=2**63 - 1, description="fits a signed 64-bit integer")]
 
 # Metrics are numbers for dashboards: finite (JSON has no NaN, PostgreSQL's JSON refuses it),
@@ -262,6 +264,12 @@ class RunConfig(WireModel):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     privacy: PrivacyConfig = Field(default_factory=PlainPrivacy)
     secure_aggregation: SecureAggregationConfig | None = None
+    max_num_samples: int = Field(
+        default=100_000,
+        ge=1,
+        le=MAX_NUM_SAMPLES,
+        description="the most cases one update may claim (its FedAvg weight)",
+    )
     seed: Seed = 0
 
     _legacy_aggregator = model_validator(mode="before")(accept_legacy_aggregator)
@@ -518,7 +526,7 @@ class UpdateHeader(WireModel):
     site: Name
     base_weights_sha256: Sha256Hex
     kind: Literal["delta"] = "delta"
-    num_samples: int
+    num_samples: int = Field(ge=1, le=MAX_NUM_SAMPLES, description="cases the delta weighs")
     metrics: Metrics = Field(default_factory=dict)
     privacy: EpsilonEntry | None = Field(
         default=None, description="the site's ε ledger entry for this round (DP runs only)"

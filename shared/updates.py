@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from pydantic import ValidationError
 
 from shared import crypto
-from shared.errors import IntegrityError
+from shared.errors import IntegrityError, TensorError
 from shared.schemas import UpdateHeader, canonical_json
 
 if TYPE_CHECKING:
@@ -116,6 +116,10 @@ def parse_header(header_bytes: bytes) -> UpdateHeader:
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(part) for part in error["loc"]) or "header"
+        if error["loc"][:1] == ("num_samples",):  # a weight out of range, not a broken envelope
+            raise TensorError(
+                f"update header is invalid: {where}: {error['msg']}", code="bad_num_samples"
+            ) from None
         raise IntegrityError(
             f"update header is invalid: {where}: {error['msg']}", code="malformed_envelope"
         ) from None

@@ -1,4 +1,4 @@
-"""Site routes: enroll, long-poll for tasks, report status, upload updates, fetch bundles."""
+"""Site routes: enroll, long-poll for tasks, report status, upload or decline, fetch bundles."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from server.api.ranges import parse_range
 from shared import routes
 from shared.bundle import Bundle
 from shared.errors import InvalidInput, PayloadTooLarge
+from shared.privacy import DeclineReceipt, SignedDecline
 from shared.schemas import EnrollRequest, EnrollResponse, StatusReport, TaskPoll, UpdateReceipt
 
 router = APIRouter(tags=["site"])
@@ -90,6 +91,22 @@ async def upload_update(
         request.stream(),
         int(declared) if declared is not None else None,
     )
+
+
+@router.post(
+    routes.DECLINE,
+    summary="Decline a round with a signed reason (idempotent)",
+    responses=problems(400, 404, 409),
+)
+async def decline_round(
+    run_id: RunIdPath,
+    round: RoundPath,
+    signed: SignedDecline,
+    principal: PrincipalDep,
+    services: ServicesDep,
+) -> DeclineReceipt:
+    """Verified with the site's enrolled key first; the round goes on without the site."""
+    return await services.declines.decline(principal, run_id, round, signed)
 
 
 @bundles.get(

@@ -14,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Integer,
     String,
@@ -148,6 +149,30 @@ class UpdateRow(Base):
     metrics: Mapped[dict[str, Any]]
     blob: Mapped[str] = mapped_column(String(64))
     received_at: Mapped[datetime]
+    privacy: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    """The header's `EpsilonEntry` (DP runs), as JSON."""
+
+
+class DeclineRow(Base):
+    """A site's signed refusal to train one round: at most one per site and round.
+
+    The run is the round's; ``signed`` is the whole `SignedDecline`, so the record
+    can be verified again against the site's key.
+    """
+
+    __tablename__ = "declines"
+    __table_args__ = (UniqueConstraint("round_id", "site_id", name="uq_declines_round_site"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"))
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"))
+    reason: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text)
+    cumulative_epsilon: Mapped[float | None] = mapped_column(Float)
+    key_id: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(String(128))
+    signed: Mapped[dict[str, Any]]
+    recorded_at: Mapped[datetime]
 
 
 class SiteProgressRow(Base):

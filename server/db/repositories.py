@@ -1,4 +1,4 @@
-"""Repositories: the only place with SQL. One `Repository` per transaction.
+"""Repositories: the only place with SQL (with `declines`). One `Repository` per transaction.
 
 Methods return rows; the ``*_info`` functions convert rows to wire schemas
 explicitly, so a column rename never leaks onto the wire by accident.

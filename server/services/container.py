@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from server.metrics import Metrics
 from server.services.audit import AuditService
 from server.services.auth import AuthService
+from server.services.declines import DeclineService
 from server.services.intake import UpdateIntake
 from server.services.operations import OperationsService
 from server.services.rotations import KeyRotations
@@ -26,6 +27,7 @@ class Services:
     runs: RunService
     coordinator: Coordinator
     intake: UpdateIntake
+    declines: DeclineService
     tasks: TaskService
     operations: OperationsService
     metrics: Metrics

@@ -2,9 +2,13 @@
 
 Cheapest first, so a bad upload costs the server as little as possible: the size
 declared, then who may send to which round (a read that does not queue behind
-commits), then the clear-text header at the front of the stream (`check_header`),
-and only then is the body stored, its signature checked and its payload decrypted.
-An update counts once its blob is durable and its row committed (see `rounds`).
+commits), then the clear-text header at the front of the stream (`check_header`:
+site, run, round, base model, sample count against the run's cap, the ε ledger entry
+against the run's mechanism), and only then is the body received, its signature
+checked, its payload decrypted and the delta's L2 norm checked against the run's
+clip (`norms`). The blob is stored only after every check has passed, so a refused
+update leaves nothing behind. An update counts once its blob is durable and its row
+committed (see `rounds`).
 """
 
 from __future__ import annotations
@@ -18,12 +22,15 @@ from dataclasses import dataclass
 from anyio import to_thread
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from server.db.declines import decline_of
 from server.db.engine import Database
 from server.db.models import UpdateRow
+from server.db.repositories import run_config
 from server.metrics import Metrics
 from server.services.auth import Principal, now
 from server.services.envelopes import ReceivedBody, peek_header, receive_body, verify_signature
 from server.services.live import LiveRound
+from server.services.norms import check_norm
 from server.services.rounds import Coordinator, find_run
 from server.storage import BlobStore
 from shared import crypto
@@ -37,7 +44,7 @@ from shared.errors import (
     PayloadTooLarge,
     TensorError,
 )
-from shared.schemas import RoundStatus, RunStatus, UpdateHeader, UpdateReceipt
+from shared.schemas import RoundStatus, RunConfig, RunStatus, UpdateHeader, UpdateReceipt
 from shared.updates import read_envelope_header, unseal_envelope
 
 log = logging.getLogger(__name__)
@@ -59,15 +66,23 @@ class Slot:
     base_weights_sha256: str
     site_key: Ed25519PublicKey
     existing: UpdateRow | None
+    config: RunConfig
 
 
 def check_header(
-    header: UpdateHeader, *, site: str, run_id: str, number: int, base_weights_sha256: str
+    header: UpdateHeader,
+    *,
+    site: str,
+    run_id: str,
+    number: int,
+    base_weights_sha256: str,
+    config: RunConfig,
 ) -> None:
     """The cheap checks of an update's clear-text header, before its body is stored.
 
     The one place for them: the site, run and round it names, the model it was
-    trained from, and its sample count.
+    trained from, its sample count (the schema's 1..2³¹-1, then the run's
+    ``max_num_samples``) and its ε ledger entry (`check_privacy_entry`).
     """
     if header.site != site:
         raise Forbidden(f"the update names site {header.site}, not {site}", code="wrong_site")
@@ -82,10 +97,54 @@ def check_header(
         )
     if header.num_samples <= 0:
         raise TensorError("num_samples must be positive", code="bad_num_samples")
+    if header.num_samples > config.max_num_samples:
+        raise TensorError(
+            f"num_samples {header.num_samples} is above the run's max_num_samples "
+            f"{config.max_num_samples}",
+            code="bad_num_samples",
+        )
+    check_privacy_entry(header, config)
     if header.base_weights_sha256 != base_weights_sha256:
         raise TensorError(
             "the update was trained from another model than this round's",
             code="base_model_mismatch",
+        )
+
+
+def check_privacy_entry(header: UpdateHeader, config: RunConfig) -> None:
+    """A DP run's update carries its ε ledger entry for this run, round and mechanism.
+
+    A plain run's update carries none. Anything else is ``bad_privacy_entry`` (422).
+    """
+    mechanism = config.privacy.mechanism
+    entry = header.privacy
+    if mechanism == "none":
+        if entry is not None:
+            raise InvalidInput(
+                "the run has no privacy mechanism, but the update carries an ε ledger entry",
+                code="bad_privacy_entry",
+            )
+        return
+    if entry is None:
+        raise InvalidInput(
+            f"the run uses {mechanism}: the update header must carry its ε ledger entry (privacy)",
+            code="bad_privacy_entry",
+        )
+    if entry.run_id != header.run_id or entry.round != header.round:
+        raise InvalidInput(
+            f"the ε ledger entry is for {entry.run_id} round {entry.round}, "
+            f"not {header.run_id} round {header.round}",
+            code="bad_privacy_entry",
+        )
+    if entry.mechanism != mechanism:
+        raise InvalidInput(
+            f"the ε ledger entry is for {entry.mechanism}, but the run uses {mechanism}",
+            code="bad_privacy_entry",
+        )
+    if entry.cumulative_epsilon < entry.epsilon:
+        raise InvalidInput(
+            "the ε ledger entry's cumulative_epsilon is below this round's epsilon",
+            code="bad_privacy_entry",
         )
 
 
@@ -146,6 +205,7 @@ class UpdateIntake:
             run_id=run_id,
             number=number,
             base_weights_sha256=slot.base_weights_sha256,
+            config=slot.config,
         )
         temp = self._blobs.new_temp_path()
         try:
@@ -192,9 +252,12 @@ class UpdateIntake:
                         base64.b64decode(site_row.signing_public_key)
                     ),
                     existing=existing,
+                    config=run_config(run),
                 )
                 if existing is not None:
                     return slot
+                if await decline_of(repo, row.id, site_id) is not None:
+                    raise _declined(number)
                 if row.status == RoundStatus.CREATED:
                     raise Conflict(f"round {number} is not open yet", code="round_not_open")
                 if row.status != RoundStatus.OPEN:
@@ -225,6 +288,8 @@ class UpdateIntake:
             existing = await repo.update_of(row.id, site_id)
             if existing is not None:
                 return _replay(existing, body, live.run_id, live.number, site.name)
+            if await decline_of(repo, row.id, site_id) is not None:
+                raise _declined(live.number)
             if row.status != RoundStatus.OPEN or not self._rounds.is_live(live):
                 raise Conflict(f"round {live.number} is {row.status}", code="round_closed")
             await repo.add_update(
@@ -237,6 +302,9 @@ class UpdateIntake:
                     metrics=dict(header.metrics),
                     blob=body.sha256,
                     received_at=moment,
+                    privacy=(
+                        None if header.privacy is None else header.privacy.model_dump(mode="json")
+                    ),
                 )
             )
             await repo.audit(
@@ -246,11 +314,20 @@ class UpdateIntake:
                 now=moment,
                 sha256=body.sha256,
                 num_samples=header.num_samples,
+                **(
+                    {}
+                    if header.privacy is None
+                    else {"cumulative_epsilon": header.privacy.cumulative_epsilon}
+                ),
             )
         # numpy releases the GIL: off the event loop, which is busy receiving other bodies
         await to_thread.run_sync(live.accumulator.add, tensors, float(header.num_samples))
         live.counted.add(site_id)
         self._metrics.updates_accepted.inc()
+        if header.privacy is not None:
+            self._metrics.record_epsilon(
+                live.run_id, site.name, header.privacy.model_dump(mode="json")
+            )
         receipt = UpdateReceipt(
             run_id=live.run_id,
             round=live.number,
@@ -258,11 +335,10 @@ class UpdateIntake:
             update_sha256=body.sha256,
             received_at=moment,
         )
-        if live.complete:
-            try:
-                await self._rounds.close(live)
-            except Exception:  # the update is safe; the ticker retries the close
-                log.exception("closing round %s/%s failed", live.run_id, live.number)
+        try:
+            await self._rounds.decide(live)  # closes the round once it is complete
+        except Exception:  # the update is safe; the ticker retries the close
+            log.exception("closing round %s/%s failed", live.run_id, live.number)
         return receipt
 
     async def _audit_rejection(
@@ -283,14 +359,20 @@ class UpdateIntake:
 
 
 def _open(body: ReceivedBody, site_key: Ed25519PublicKey, live: LiveRound) -> Arrays:
-    """Signature, decryption, tensors against the round's spec: in that order."""
+    """Signature, decryption, tensors against the round's spec, the norm: in that order."""
     verify_signature(body, site_key)
     with body.path.open("rb") as handle:
         envelope = read_envelope_header(handle, body.size)
         payload = unseal_envelope(handle, envelope, live.private_key)
     tensors = from_safetensors(payload)
     validate_arrays(tensors, live.spec)
+    check_norm(tensors, live.norm_bound)
     return tensors
+
+
+def _declined(number: int) -> Conflict:
+    """A site that declined a round cannot also be counted in it."""
+    return Conflict(f"this site declined round {number}", code="decline_conflict")
 
 
 def _replay(

@@ -1,6 +1,7 @@
 """An open round in memory, and the database row of the model version a round produces.
 
-Intake checks updates against the live round; closing sums them up.
+Intake checks updates against the live round, declines leave a site out of it,
+closing sums it up; `verdict` says when (`settling`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from server.db.models import ModelVersionRow, RoundRow
 from server.services.aggregation import Accumulator
+from server.services.norms import coordinates, norm_bound
+from server.services.settling import Verdict, settle_verdict
 from shared.bundle import Bundle
 from shared.schemas import RunConfig, TensorSpec
 
@@ -34,13 +37,27 @@ class LiveRound:
     spec: list[TensorSpec]
     deadline: datetime
     accumulator: Accumulator
+    norm_bound: float | None = None
+    """The largest L2 norm an update's delta may have (`norms.norm_bound`), if any."""
     counted: set[int] = field(default_factory=set)
+    declined: dict[int, str] = field(default_factory=dict)
+    """Site id -> the reason code of its signed decline."""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def complete(self) -> bool:
-        """Every member site's update is in the sum."""
-        return len(self.counted) == len(self.members)
+        """Every member site has uploaded (its update is in the sum) or declined."""
+        return len(self.counted) + len(self.declined) >= len(self.members)
+
+    def verdict(self, moment: datetime) -> Verdict:
+        """What to do with the round now (`settling.settle_verdict`)."""
+        return settle_verdict(
+            members=self.members,
+            uploaded=self.counted,
+            declined=self.declined,
+            quorum=self.config.quorum,
+            deadline_passed=self.deadline <= moment,
+        )
 
 
 def live_round(
@@ -63,6 +80,9 @@ def live_round(
         spec=list(base.manifest.tensors),
         deadline=row.deadline,
         accumulator=Accumulator(list(base.manifest.tensors)),
+        norm_bound=norm_bound(
+            config.privacy, d=coordinates(list(base.manifest.tensors)), quorum=config.quorum
+        ),
     )
 
 

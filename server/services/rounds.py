@@ -1,4 +1,4 @@
-"""The round lifecycle: open, settle, close, end, resume. Update intake is `intake`.
+"""The round lifecycle: open, settle, close, end, resume. Intake is `intake` and `declines`.
 
 Statuses move only through `transitions.change_status`. One `LiveRound` per open
 round holds the round key and the running weighted sum; everything it holds can be
@@ -6,6 +6,9 @@ rebuilt from the database, the blob store and the round key file, which is what
 `resume` does after a restart. An update counts only once its blob is durable and
 its row committed; it is added to the sum after the commit, so a crash between the
 two is repaired by `resume` and nothing is counted twice.
+
+When a round is decided, given its uploads, declines and deadline, is `settling`'s
+verdict; `decide` acts on it (close, fail, or end the run ``budget_exhausted``).
 
 Closing is retryable: the consensus is computed without spending the sum, and
 nothing is committed until the bundle is stored, so a close that fails half-way
@@ -26,6 +29,7 @@ from anyio import to_thread
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from server.db.declines import declines_of_round
 from server.db.engine import Database
 from server.db.models import RoundRow, RunRow
 from server.db.repositories import Repository, run_config
@@ -168,28 +172,37 @@ class Coordinator:
     # --- settling ----------------------------------------------------------------------
 
     async def settle(self, live: LiveRound) -> None:
-        """Close a complete round, or decide it at its deadline (quorum or fail)."""
+        """Decide the round if its uploads, declines or deadline say so (`decide`)."""
         async with live.lock:
-            if not self.is_live(live):
-                return
-            if live.complete:
-                await self.close(live)
-            elif live.deadline <= now():
-                if len(live.counted) >= live.config.quorum:
-                    await self.close(live)
-                else:
-                    await self._end(
-                        live,
-                        RoundStatus.FAILED,
-                        "server",
-                        f"{len(live.counted)} of {live.config.quorum} updates by the deadline",
-                    )
+            if self.is_live(live):
+                await self.decide(live)
+
+    async def decide(self, live: LiveRound) -> None:
+        """Caller holds ``live.lock``: close, end or keep the round, as its verdict says.
+
+        A round below a quorum it can no longer reach fails; one that cannot close
+        because every site left out declined for budget ends the run ``budget_exhausted``
+        (the round is cancelled: it was called off, nothing went wrong).
+        """
+        verdict = live.verdict(now())
+        if verdict.outcome == "close":
+            await self.close(live)
+        elif verdict.outcome == "fail":
+            await self._end(live, RoundStatus.FAILED, "server", verdict.reason)
+        elif verdict.outcome == "budget_exhausted":
+            await self._end(
+                live,
+                RoundStatus.CANCELLED,
+                "server",
+                verdict.reason,
+                run_status=RunStatus.BUDGET_EXHAUSTED,
+            )
 
     async def tick(self) -> None:
-        """Called periodically: settle every round that is complete or past its deadline."""
+        """Called periodically: settle every round whose verdict is no longer to wait."""
         moment = now()
         for live in list(self._live.values()):
-            if live.complete or live.deadline <= moment:
+            if live.verdict(moment).outcome != "wait":
                 try:
                     await self.settle(live)
                 except Exception:
@@ -278,8 +291,20 @@ class Coordinator:
             signing_key=self._signing_key,
         )
 
-    async def _end(self, live: LiveRound, status: RoundStatus, actor: str, reason: str) -> None:
-        """Caller holds ``live.lock``: fail or cancel the round and its run."""
+    async def _end(
+        self,
+        live: LiveRound,
+        status: RoundStatus,
+        actor: str,
+        reason: str,
+        *,
+        run_status: RunStatus | None = None,
+    ) -> None:
+        """Caller holds ``live.lock``: fail or cancel the round and end its run.
+
+        The run fails with a failed round and is cancelled with a cancelled one,
+        unless ``run_status`` says otherwise (``budget_exhausted``).
+        """
         moment = now()
         async with self._db.transaction() as repo:
             row = await repo.round(live.run_id, live.number)
@@ -296,7 +321,9 @@ class Coordinator:
         self._live.pop(live.round_id, None)
         if status == RoundStatus.FAILED:
             self._metrics.rounds_failed.inc()
-        run_status = RunStatus.FAILED if status == RoundStatus.FAILED else RunStatus.CANCELLED
+        if run_status is None:
+            failed = status == RoundStatus.FAILED
+            run_status = RunStatus.FAILED if failed else RunStatus.CANCELLED
         await self._end_run(live.run_id, run_status, actor, reason)
 
     async def _end_run(self, run_id: str, status: RunStatus, actor: str, reason: str) -> None:
@@ -324,11 +351,14 @@ class Coordinator:
                 assert run is not None
                 members = {site.id: site.name for site in await repo.run_sites(row.run_id)}
                 updates = list(await repo.updates_of_round(row.id))
+                declined = {
+                    item.site_id: item.reason for item in await declines_of_round(repo, row.id)
+                }
                 if row.status == RoundStatus.AGGREGATING:
                     change_status(row, RoundStatus.OPEN, at=now())
-                plans.append((row, run_config(run), members, updates))
+                plans.append((row, run_config(run), members, updates, declined))
         self._keys.sweep({(row.run_id, row.number) for row, *_ in plans})
-        for row, config, members, updates in plans:
+        for row, config, members, updates, declined in plans:
             key = self._keys.load(row.run_id, row.number)
             bundle = await load_bundle(self._db, self._blobs, row.run_id, row.number - 1)
             if key is None:
@@ -341,10 +371,18 @@ class Coordinator:
                 tensors = await to_thread.run_sync(self._reopen, update.blob, key)
                 live.accumulator.add(tensors, float(update.num_samples))
                 live.counted.add(update.site_id)
+                self._metrics.record_epsilon(
+                    row.run_id, members.get(update.site_id), update.privacy
+                )
+            live.declined.update(declined)
             self._live[row.id] = live
             self._bundles[row.run_id] = bundle
             log.info(
-                "resumed round %s/%s with %d updates", row.run_id, row.number, len(live.counted)
+                "resumed round %s/%s with %d updates and %d declines",
+                row.run_id,
+                row.number,
+                len(live.counted),
+                len(live.declined),
             )
         await self.tick()
 

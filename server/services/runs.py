@@ -13,6 +13,7 @@ import secrets
 from anyio import to_thread
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from server.db.declines import declines_of_round
 from server.db.engine import Database
 from server.db.models import RunRow
 from server.db.repositories import model_version_info, run_config, run_info
@@ -175,6 +176,7 @@ class RunService:
             members = await repo.run_sites(run_id)
             updates = {update.site_id: update for update in await repo.updates_of_round(row.id)}
             progress = {item.site_id: item for item in await repo.progress_of_round(row.id)}
+            declines = {item.site_id: item for item in await declines_of_round(repo, row.id)}
             sites: list[SiteProgress] = []
             moment = now()
             for site in members:
@@ -184,14 +186,29 @@ class RunService:
                 )
                 update = updates.get(site.id)
                 report = progress.get(site.id)
+                declined = declines.get(site.id)
                 if update is not None:
+                    sites.append(
+                        SiteProgress.model_validate(
+                            {
+                                "site": site.name,
+                                "state": "uploaded",
+                                "num_samples": update.num_samples,
+                                "metrics": dict(update.metrics),
+                                "updated_at": update.received_at,
+                                "last_seen_at": site.last_seen_at,
+                                "privacy": update.privacy,
+                            }
+                        )
+                    )
+                elif declined is not None:
                     sites.append(
                         SiteProgress(
                             site=site.name,
-                            state="uploaded",
-                            num_samples=update.num_samples,
-                            metrics=dict(update.metrics),
-                            updated_at=update.received_at,
+                            state="declined",
+                            message=declined.message or None,
+                            decline_reason=declined.reason,
+                            updated_at=declined.recorded_at,
                             last_seen_at=site.last_seen_at,
                         )
                     )

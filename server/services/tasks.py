@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from server.db.declines import decline_of
 from server.db.engine import Database
 from server.db.models import RunRow
 from server.db.repositories import Repository, run_config
@@ -40,7 +41,7 @@ class TaskService:
         self._heartbeat_every = timedelta(seconds=heartbeat_every_s)
 
     async def next_task(self, site: Principal, wait: float) -> TaskPoll:
-        """The oldest open round the site still owes an update to; waits up to ``wait`` s.
+        """The oldest open round the site still owes (no update, no decline); waits ``wait`` s.
 
         ``wait`` is clamped to the server's ``max_wait_s``: a client asking for more
         simply polls again sooner, it is never refused.
@@ -86,9 +87,7 @@ class TaskService:
             if me is not None:
                 me.last_seen_at = moment
 
-    async def _task_in(
-        self, repo: Repository, site: Principal, runs: Sequence[RunRow]
-    ) -> TaskPoll:
+    async def _task_in(self, repo: Repository, site: Principal, runs: Sequence[RunRow]) -> TaskPoll:
         """The first open round of ``runs`` the site owes an update to, signed as a task."""
         assert site.site_id is not None
         for run in runs:
@@ -99,6 +98,8 @@ class TaskService:
                 continue
             if await repo.update_of(row.id, site.site_id) is not None:
                 continue
+            if await decline_of(repo, row.id, site.site_id) is not None:
+                continue  # the site declined this round: nothing more is owed
             assert row.weights_sha256 and row.public_key and row.deadline
             config = run_config(run)
             task = Task(

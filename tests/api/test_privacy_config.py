@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 
 from shared import routes
-from shared.schemas import DpSgdPrivacy
 from tests.api.conftest import Harness, problem_code
 
 pytestmark = pytest.mark.anyio
@@ -40,21 +39,33 @@ async def test_a_bad_privacy_block_gets_422_naming_the_field(
     assert harness.snapshot() == before
 
 
-async def test_a_valid_mechanism_is_refused_until_the_server_runs_it(harness: Harness) -> None:
-    """A schema-valid dp_sgd block is refused (422 naming the field), never run as plain FedAvg.
+@pytest.mark.parametrize(
+    "privacy",
+    [
+        {"mechanism": "dp_sgd", "target_epsilon": 3.0, "delta": 1e-5},
+        {"mechanism": "dp_fedavg", "clip_norm": 1.0, "noise_multiplier": 1.0},
+        {"mechanism": "svt", "epsilon": 1.0, "fraction": 0.1},
+    ],
+    ids=["dp_sgd", "dp_fedavg", "svt"],
+)
+async def test_a_dp_mechanism_is_served_and_every_task_carries_it(
+    harness: Harness, privacy: dict[str, Any]
+) -> None:
+    """The sites run the mechanisms now: the run is accepted and its tasks say which one."""
+    site = await harness.add_site("site-a")
+    run_id = await harness.create_run([site], rounds=1, privacy=privacy)
+    task = await harness.task(site)
+    assert task is not None and task.run_id == run_id
+    assert task.privacy.mechanism == privacy["mechanism"]
+    carried = task.privacy.model_dump()
+    assert {name: carried[name] for name in privacy} == privacy
 
-    The agent and the rounds do not apply the mechanisms yet (docs/privacy.md); a run
-    that asked for one must not train without it.
-    """
+
+async def test_secure_aggregation_is_still_refused(harness: Harness) -> None:
     site = await harness.add_site("site-a")
     before = harness.snapshot()
-    privacy = {"mechanism": "dp_sgd", "target_epsilon": 3.0, "delta": 1e-5}
-    body = {
-        "name": "dp-run",
-        "config": {"model": "segresnet-small", "sites": [site.name], "privacy": privacy},
-    }
+    body = {"name": "r", "config": {"sites": [site.name], "secure_aggregation": {}}}
     answer = await harness.client.post(routes.RUNS, json=body, headers=harness.admin)
     assert answer.status_code == 422, answer.text
-    assert "config.privacy.mechanism" in answer.json()["detail"]
+    assert "secure_aggregation" in answer.json()["detail"]
     assert harness.snapshot() == before
-    assert DpSgdPrivacy(target_epsilon=3.0, delta=1e-5).mechanism == "dp_sgd"

@@ -55,8 +55,8 @@ def test_statuses_and_hierarchy() -> None:
 
 
 def test_an_unknown_code_takes_the_class_of_its_status() -> None:
-    error = errors.error_for_code("norm_exceeded", "detail", status=422)
-    assert type(error) is errors.InvalidInput and error.code == "norm_exceeded"
+    error = errors.error_for_code("code_of_a_newer_server", "detail", status=422)
+    assert type(error) is errors.InvalidInput and error.code == "code_of_a_newer_server"
     assert type(errors.error_for_code("new_conflict", "d", status=409)) is errors.Conflict
 
 

@@ -130,3 +130,17 @@ def test_the_status_check_finds_an_assignment(tmp_path: Path) -> None:
         "server/services/sneaky.py:2",
         "server/services/sneaky.py:3",
     ]
+
+
+def test_only_a_running_run_can_run_out_of_budget_and_that_is_final() -> None:
+    """``running -> budget_exhausted`` is the one way in; nothing leads out of it."""
+    run = _run(RunStatus.RUNNING)
+    change_status(run, RunStatus.BUDGET_EXHAUSTED, at=AT)
+    assert run.status == "budget_exhausted" and run.finished_at == AT
+    assert run_finished(RunStatus.BUDGET_EXHAUSTED)
+    for before in (RunStatus.CREATED, RunStatus.COMPLETED, RunStatus.FAILED):
+        with pytest.raises(Conflict) as refused:
+            change_status(_run(before), RunStatus.BUDGET_EXHAUSTED, at=AT)
+        assert refused.value.code == "run_state"
+    with pytest.raises(Conflict):
+        change_status(run, RunStatus.RUNNING, at=AT)
