@@ -43,10 +43,10 @@ class Killed(BaseException):
 class FakeServer:
     """In-memory server side: signs tasks, serves a bundle, takes uploads."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, base: Tensors | None = None) -> None:
         self.signing_key = crypto.generate_signing_key()
         self.round_key = crypto.generate_sealing_key()
-        self.base: Tensors = {"w": torch.randn(4, 3), "b": torch.zeros(3)}
+        self.base: Tensors = base or {"w": torch.randn(4, 3), "b": torch.zeros(3)}
         self.tars: dict[int, bytes] = {}
         for version in range(3):  # the same weights published as versions 0..2
             manifest, files = make_bundle(
