@@ -282,7 +282,7 @@ class Agent:
             weights=result.weights,
             base=base,
             num_samples=upload_weight(task.privacy, result.num_samples),
-            metrics={**scores, "train_loss": result.loss, **timings},
+            metrics={**scores, **_training_metrics(result, private=spent is not None), **timings},
             entry=entry,
             release=partial(release, privacy=task.privacy, quorum=task.quorum),
             privacy=spent,
@@ -428,6 +428,15 @@ class Agent:
                 return 0
             self.sleep(min(poll.retry_after_s, poll_wait))
         return 0
+
+
+def _training_metrics(result: TrainResult, *, private: bool) -> dict[str, float]:
+    """The training loss, for plain rounds only.
+
+    It is a statistic of the training cases that no mechanism noises, so a DP round
+    does not send it past its ε.
+    """
+    return {} if private else {"train_loss": result.loss}
 
 
 def _now() -> str:

@@ -173,6 +173,7 @@ def test_dp_fedavg_clips_adds_noise_weights_equally_and_carries_the_ledger_entry
     )
     assert entry.sample_rate == 1.0 and entry.steps == 1 and entry.epsilon > 0
     assert header.num_samples == 1  # equal weights, as the accounting assumes
+    assert "train_loss" not in header.metrics  # a training statistic outside the ε
     assert norm(change) == pytest.approx(0.001, rel=1e-3)
     digests = json.loads(state.ledger("run1", 1).digests.read_text())
     assert digests["mechanism"] == "dp_fedavg" and digests["delta_norm_before_clip"] > 0.001
