@@ -89,7 +89,7 @@ def run_summary(run: RunInfo) -> Text:
 
 
 def site_cell(progress: SiteProgress | None) -> str:
-    """A site's state and the Dice it reported in one round."""
+    """A site's state, the Dice it reported in one round, its decline reason and its ε."""
     if progress is None:
         return "[dim]-[/]"
     score = progress.metrics.get("dice_mean")
@@ -98,6 +98,10 @@ def site_cell(progress: SiteProgress | None) -> str:
     tail += f" [dim]HD95 {hd95:.1f}[/]" if hd95 is not None else ""
     if progress.state == "offline" and progress.last_seen_at is not None:
         tail += f" [dim](seen {when(progress.last_seen_at)})[/]"
+    if progress.decline_reason:
+        tail += f" [yellow]{escape(progress.decline_reason)}[/]"
+    if progress.privacy is not None:
+        tail += f" [dim]ε {progress.privacy.cumulative_epsilon:.3g}[/]"
     return f"{styled(progress.state)}{tail}"
 
 

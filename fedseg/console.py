@@ -146,6 +146,8 @@ STATUS_STYLES: Mapping[str, str] = {
     "revoked": "red",
     "offline": "bold yellow",
     "cancelled": "red",
+    "declined": "yellow",
+    "budget_exhausted": "bold yellow",
 }
 
 
