@@ -1,4 +1,4 @@
-"""The site's agent: poll, fetch and verify, evaluate, train, seal, record, upload.
+"""The site's agent: poll, decide, fetch and verify, evaluate, train, seal, record, upload.
 
 The agent only dials out (through a `Transport`) and never touches the data itself
 (a `Trainer` does), so it is tested with fakes of both.
@@ -9,6 +9,13 @@ exactly those bytes, which the server accepts idempotently; it never computes a
 second, different update. Before ``update.bin`` exists nothing has left the site, so
 the round is simply done again. A 409 for a closed round drops the update for good
 (``dropped.json``) and the agent moves on.
+
+Privacy rule: before anything is downloaded or trained the site's policy decides the
+round (`client.privacy.round_privacy`). A declined round gets a signed decline, kept
+in ``decline.json`` before it is sent (a restart re-sends the same one) and never
+trained. A trained round's ε ledger entry is written (fsync'd) before its update is
+sealed and rides in the update header; the ledger counts a round once, so a round
+re-done or re-sent after kill -9 is never paid for twice.
 """
 
 from __future__ import annotations
@@ -19,11 +26,22 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from client.declines import DeclineRefused, send_decline, store_decline, stored_decline
+from client.privacy.decision import Declined
+from client.privacy.round_privacy import (
+    decide_round,
+    dp_sgd_plan,
+    record_round,
+    release,
+    signed_decline,
+    upload_weight,
+)
 from client.sealing import seal_round
 from client.state import StateDir
 from client.training.steps import TrainResult
@@ -37,6 +55,7 @@ from shared.errors import (
     Unavailable,
 )
 from shared.files import write_atomic
+from shared.privacy import DeclineReceipt, SignedDecline
 from shared.rotation import follow_rotations
 from shared.schemas import (
     SignedKeyRotation,
@@ -50,11 +69,14 @@ from shared.schemas import (
 from shared.tasks import verify_task
 from shared.tensors import Tensors
 
+if TYPE_CHECKING:
+    from client.privacy.dp_sgd import DpSgdPlan
+
 log = logging.getLogger(__name__)
 progress = logging.getLogger("client.progress")
 
 DROP_CODES = frozenset({"round_closed", "round_not_open", "stale_round", "update_conflict"})
-Outcome = Literal["uploaded", "dropped", "pending"]
+Outcome = Literal["uploaded", "dropped", "pending", "declined"]
 
 
 class Transport(Protocol):
@@ -76,6 +98,10 @@ class Transport(Protocol):
         """Best-effort progress report; never raises."""
         ...
 
+    def decline(self, path: str, signed: SignedDecline) -> DeclineReceipt:
+        """POST a signed decline; raises `Conflict` when the round no longer takes it."""
+        ...
+
     def key_rotations(self) -> list[SignedKeyRotation]:
         """The server's signed key-rotation statements."""
         ...
@@ -88,8 +114,14 @@ class Trainer(Protocol):
         """Metrics of the received model on the site's validation split ({} when skipped)."""
         ...
 
-    def train(self, task: Task, weights: Tensors) -> TrainResult:
-        """Train from ``weights`` as the task says."""
+    def train_cases(self, task: Task) -> int:
+        """How many training cases the task's split leaves this site (for the policy)."""
+        ...
+
+    def train(
+        self, task: Task, weights: Tensors, *, dp_sgd: DpSgdPlan | None = None
+    ) -> TrainResult:
+        """Train from ``weights`` as the task says, with DP-SGD when ``dp_sgd`` is given."""
         ...
 
 
@@ -192,6 +224,17 @@ class Agent:
         if entry.sealed:
             log.info("round %s/%d: re-sending the sealed update", task.run_id, task.round)
             return self._upload(task.run_id, task.round, task.upload_path, task)
+        stored = stored_decline(entry)
+        if stored is not None:  # declined before a restart: the same decline again
+            return self._decline(task, stored)
+        decided = decide_round(self.state.root, task, train_cases=self.trainer.train_cases(task))
+        decision = decided.decision
+        if isinstance(decision, Declined):
+            decline = signed_decline(
+                task, decision, site=self.keys.site, site_key=self.keys.site_key
+            )
+            store_decline(entry, decline)
+            return self._decline(task, decline)
         timings: dict[str, float] = {}
         self._report(task, "downloading")
         started = time.perf_counter()
@@ -211,7 +254,7 @@ class Agent:
         self._report(task, "training", metrics=scores)
 
         started = time.perf_counter()
-        result = self.trainer.train(task, base)
+        result = self.trainer.train(task, base, dp_sgd=dp_sgd_plan(task.privacy, decision))
         timings["time_train"] = time.perf_counter() - started
         progress.info(
             "round %d: trained %d steps in %.1f s (loss %.4f)",
@@ -221,6 +264,16 @@ class Agent:
             result.loss,
         )
 
+        spent = record_round(decided.ledger, task, decision)  # paid before anything leaves
+        if spent is not None:
+            progress.info(
+                "round %d: %s costs ε %.3g (run %.3g, δ=%g), recorded in the site's ledger",
+                task.round,
+                spent.mechanism,
+                spent.epsilon,
+                spent.cumulative_epsilon,
+                spent.delta,
+            )
         self._report(task, "sealing")
         header = seal_round(
             task=task,
@@ -228,9 +281,11 @@ class Agent:
             site_key=self.keys.site_key,
             weights=result.weights,
             base=base,
-            num_samples=result.num_samples,
-            metrics={**scores, "train_loss": result.loss, **timings},
+            num_samples=upload_weight(task.privacy, result.num_samples),
+            metrics={**scores, **_training_metrics(result, private=spent is not None), **timings},
             entry=entry,
+            release=partial(release, privacy=task.privacy, quorum=task.quorum),
+            privacy=spent,
         )
         progress.info(
             "round %d: sealed the update (%d bytes) in %.1f s",
@@ -239,6 +294,14 @@ class Agent:
             header.metrics["time_seal"],
         )
         return self._upload(task.run_id, task.round, task.upload_path, task, header.metrics)
+
+    def _decline(self, task: Task, signed: SignedDecline) -> Outcome:
+        entry = self.state.ledger(task.run_id, task.round)
+        outcome = send_decline(self.transport, entry, signed, drop_codes=DROP_CODES)
+        if outcome == "declined":
+            decline = signed.decline
+            self._report(task, "declined", f"{decline.reason}: {decline.message}")
+        return outcome
 
     def _upload(
         self,
@@ -349,7 +412,7 @@ class Agent:
                     # tell the dashboard, or it shows the last state (say downloading) forever
                     self._report(poll.task.task, "stopped", "the client was stopped; it resumes")
                     raise
-                except AuthError:
+                except (AuthError, DeclineRefused):
                     raise
                 except FedsegError as exc:
                     failures += 1
@@ -365,6 +428,15 @@ class Agent:
                 return 0
             self.sleep(min(poll.retry_after_s, poll_wait))
         return 0
+
+
+def _training_metrics(result: TrainResult, *, private: bool) -> dict[str, float]:
+    """The training loss, for plain rounds only.
+
+    It is a statistic of the training cases that no mechanism noises, so a DP round
+    does not send it past its ε.
+    """
+    return {} if private else {"train_loss": result.loss}
 
 
 def _now() -> str:

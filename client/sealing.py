@@ -1,8 +1,10 @@
 """Sealing: turn a round's trained weights into the update that leaves the site.
 
-Delta against the base, optional L2 clipping, safetensors, header, envelope sealed to
-the round key and signed by the site; the ledger records all of it, ``update.bin``
-last (see `client.state` for why that order is the resume rule).
+Delta against the base, the round's privacy mechanism or optional L2 clipping (a
+``release`` function from `client.privacy.round_privacy`), safetensors, header with
+the round's ε ledger entry, envelope sealed to the round key and signed by the site;
+the ledger records all of it, ``update.bin`` last (see `client.state` for why that
+order is the resume rule).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 import torch
@@ -22,11 +24,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from client.state import LedgerEntry
 from shared import crypto
 from shared.files import write_atomic
-from shared.schemas import Task, UpdateHeader, canonical_json
+from shared.schemas import EpsilonEntry, Task, UpdateHeader, canonical_json
 from shared.tensors import Tensors, delta, to_safetensors
 from shared.updates import seal_update_payload
 
 log = logging.getLogger(__name__)
+
+Release = Callable[[Tensors], tuple[Tensors, float | None]]
+"""The delta that leaves the site from the trained one, and its norm before clipping."""
 
 
 def clip_update(change: Tensors, clip_norm: float) -> tuple[Tensors, float]:
@@ -51,15 +56,21 @@ def seal_round(
     num_samples: int,
     metrics: Mapping[str, float],
     entry: LedgerEntry,
+    release: Release | None = None,
+    privacy: EpsilonEntry | None = None,
 ) -> UpdateHeader:
     """Seal the update of one round into ``entry``; from its return on, the update is final.
 
-    ``time_seal`` (delta, clip, serialise) joins ``metrics`` in the header.
+    ``release`` applies the round's mechanism to the delta (default: clip to the
+    run's ``clip_norm`` if set); ``privacy`` is the ledger entry the header carries.
+    ``time_seal`` (delta, mechanism, serialise) joins ``metrics`` in the header.
     """
     started = time.perf_counter()
     change = delta(weights, base)
     norm: float | None = None
-    if task.privacy.clip_norm is not None:
+    if release is not None:
+        change, norm = release(change)
+    elif task.privacy.clip_norm is not None:
         change, norm = clip_update(change, task.privacy.clip_norm)
     payload = to_safetensors(change)
     seconds = time.perf_counter() - started
@@ -70,6 +81,7 @@ def seal_round(
         base_weights_sha256=task.weights_sha256,
         num_samples=num_samples,
         metrics=finite_metrics({**metrics, "time_seal": seconds}),
+        privacy=privacy,
         created_at=datetime.now(UTC),
     )
     round_key = crypto.x25519_public_from_bytes(base64.b64decode(task.round_public_key))
@@ -84,6 +96,7 @@ def seal_round(
         "delta_sha256": hashlib.sha256(payload).hexdigest(),
         "update_sha256": hashlib.sha256(envelope).hexdigest(),
         "num_samples": num_samples,
+        "mechanism": task.privacy.mechanism,
         "clip_norm": task.privacy.clip_norm,
         "delta_norm_before_clip": norm,
     }

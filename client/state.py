@@ -14,9 +14,15 @@ Layout (``STATE``)::
         update.bin                   the sealed envelope exactly as sent
         receipt.json                 the server's receipt, once acknowledged
         dropped.json                 why the update was never accepted (closed round)
+        decline.json                 the signed decline, when the site declined the round
+        decline_receipt.json         the server's receipt of that decline
+    privacy/policy.json            the site's privacy policy (`client.privacy.policy`)
+    privacy/ledger.json            the site's ε ledger (`client.privacy.ledger`)
 
 ``update.bin`` is written last and atomically: its presence means the update for
-that round is final, and a restart re-sends exactly those bytes.
+that round is final, and a restart re-sends exactly those bytes. ``decline.json`` is
+final the same way: a declined round is never trained later, and a restart re-sends
+the same signed decline.
 """
 
 from __future__ import annotations
@@ -144,6 +150,16 @@ class LedgerEntry:
     def dropped(self) -> Path:
         """Why a sealed update was never accepted."""
         return self.folder / "dropped.json"
+
+    @property
+    def decline(self) -> Path:
+        """The signed decline of this round; written before it is sent, final once written."""
+        return self.folder / "decline.json"
+
+    @property
+    def decline_receipt(self) -> Path:
+        """The server's receipt of the decline."""
+        return self.folder / "decline_receipt.json"
 
     @property
     def sealed(self) -> bool:

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -26,6 +27,9 @@ from client.training import (
 )
 from shared.schemas import Task
 from shared.tensors import Tensors
+
+if TYPE_CHECKING:
+    from client.privacy.dp_sgd import DpSgdPlan
 
 log = logging.getLogger("client.progress")
 
@@ -85,14 +89,30 @@ class LocalTrainer:
         )
         return metrics
 
-    def train(self, task: Task, weights: Tensors) -> TrainResult:
-        """Train with a seed drawn from the run, round and config: reproducible per round."""
+    def train_cases(self, task: Task) -> int:
+        """The number of training cases the task's split leaves here (what the policy weighs)."""
+        return len(self.data.plan(task.training).train)
+
+    def train(
+        self, task: Task, weights: Tensors, *, dp_sgd: DpSgdPlan | None = None
+    ) -> TrainResult:
+        """Train with a seed drawn from the run, round and config: reproducible per round.
+
+        With ``dp_sgd`` the steps are Opacus' DP-SGD (`client.privacy.dp_sgd`) at the
+        noise and sampling rate the site's decision priced.
+        """
         self._log_split(task)
         digest = hashlib.sha256(f"{task.run_id}/{task.round}/{task.training.seed}".encode())
         seed = int.from_bytes(digest.digest()[:4], "big")
         train_set, _ = self.data.split(task.training)
         label = f"round {task.round}: training"
-        log.info("%s %d steps on %d cases", label, task.training.local_steps, len(train_set))
+        log.info(
+            "%s %d steps on %d cases%s",
+            label,
+            task.training.local_steps,
+            len(train_set),
+            "" if dp_sgd is None else f" with DP-SGD (σ {dp_sgd.noise_multiplier:.3g})",
+        )
         return train(
             task.model,
             task.model_params,
@@ -103,4 +123,5 @@ class LocalTrainer:
             seed=seed,
             precision=self.precision,
             on_step=StepMeter(label, task.training.local_steps),
+            dp_sgd=dp_sgd,
         )

@@ -23,6 +23,7 @@ from pydantic import BaseModel, RootModel, ValidationError
 
 from shared import routes
 from shared.errors import ConfigError, FedsegError, Unavailable, error_from_answer
+from shared.privacy import DeclineReceipt, SignedDecline
 from shared.schemas import (
     EnrollRequest,
     EnrollResponse,
@@ -241,6 +242,13 @@ class HttpTransport:
             content=envelope,
             headers={"Content-Type": routes.UPDATE_CONTENT_TYPE},
             timeout=httpx.Timeout(60.0, write=600.0, read=600.0),
+        )
+        return result
+
+    def decline(self, path: str, signed: SignedDecline) -> DeclineReceipt:
+        """POST the site's signed decline of a round; retried as is (the server records it once)."""
+        result: DeclineReceipt = self._call(
+            "decline", "POST", path, DeclineReceipt, json=signed.model_dump(mode="json")
         )
         return result
 

@@ -365,6 +365,7 @@ def _run_agent(
     holdout: Path | None = None,
 ) -> int:
     from client.agent import Agent, AgentKeys
+    from client.privacy.policy import describe_policy, load_policy
     from client.state import StateDir
     from client.trainer import LocalTrainer
     from client.training import configure_device, resolve_device
@@ -381,6 +382,8 @@ def _run_agent(
         retired=pin.retired(),
     )
     url = server_url or pin.server_url
+    policy, source = load_policy(state.root)  # a bad policy stops the start, not a round
+    log.info("site %s: privacy policy from %s: %s", keys.site, source, describe_policy(policy))
     torch_device = resolve_device(device)
     log.info(
         "site %s, server %s: %s", keys.site, url, configure_device(torch_device, _cpu_threads())

@@ -4,6 +4,11 @@ Pure functions over what the server reported (rounds with per-site metrics) and 
 each site recorded in its ledger (update headers with timings, receipts), plus the
 in-process evaluation of the final model and the optional central baseline. Writes
 ``report.json`` and ``dice.png``; prints the Dice table.
+
+With a privacy mechanism, each round carries every site's ε ledger entry (from the
+signed update header the site recorded, else from what the server reports) and each
+site's decline with its reason; ``dice.png`` gains a panel of Dice against
+cumulative ε.
 """
 
 from __future__ import annotations
@@ -112,6 +117,49 @@ def dice_by_version(
     return versions
 
 
+def round_privacy(
+    info: RoundInfo,
+    headers: Mapping[str, Mapping[str, Any]],
+    declines: Mapping[str, Mapping[str, Any]],
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """ε per site this round (its ledger entry) and each site's decline, by site."""
+    epsilon: dict[str, dict[str, Any]] = {}
+    declined: dict[str, dict[str, Any]] = {}
+    for site, header in headers.items():
+        if isinstance(header.get("privacy"), Mapping):
+            epsilon[site] = dict(header["privacy"])
+    for site, decline in declines.items():
+        declined[site] = {
+            "reason": decline.get("reason"),
+            "message": decline.get("message"),
+            "cumulative_epsilon": decline.get("cumulative_epsilon"),
+        }
+    for progress in info.sites:  # what the server recorded fills what the site did not keep
+        if progress.privacy is not None and progress.site not in epsilon:
+            epsilon[progress.site] = progress.privacy.model_dump(mode="json")
+        if progress.decline_reason and progress.site not in declined:
+            declined[progress.site] = {
+                "reason": progress.decline_reason,
+                "message": progress.message,
+                "cumulative_epsilon": None,
+            }
+    return epsilon, declined
+
+
+def cumulative_epsilon(round_entries: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, float]]:
+    """Each site's cumulative ε after each round (model version), 0 at version 0.
+
+    A round a site declined or missed keeps its previous figure: it spent nothing.
+    """
+    out: dict[int, dict[str, float]] = {0: {}}
+    current: dict[str, float] = {}
+    for entry in sorted(round_entries, key=lambda item: item["round"]):
+        for site, ledger in (entry.get("epsilon") or {}).items():
+            current[site] = float(ledger["cumulative_epsilon"])
+        out[entry["round"]] = dict(current)
+    return out
+
+
 def round_timing(
     info: RoundInfo,
     headers: Mapping[str, Mapping[str, Any]],
@@ -190,11 +238,15 @@ def build_report(
     baseline_steps_per_round: int | None,
     phases: Mapping[str, float],
     settings: Mapping[str, Any],
+    declines: Mapping[int, Mapping[str, Mapping[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """Everything ``report.json`` holds."""
     round_entries: list[dict[str, Any]] = []
     for info in sorted(rounds, key=lambda item: item.round):
         timing = round_timing(info, headers.get(info.round, {}), receipts.get(info.round, {}))
+        epsilon, declined = round_privacy(
+            info, headers.get(info.round, {}), (declines or {}).get(info.round, {})
+        )
         per_site = {
             progress.site: scores
             for progress in info.sites
@@ -211,6 +263,8 @@ def build_report(
                     progress.site for progress in info.sites if progress.state == "uploaded"
                 ),
                 "dice_of_received_model": {"sites": per_site, "mean": mean_scores(per_site)},
+                "epsilon": epsilon,
+                "declines": declined,
                 "time": timing,
             }
         )
@@ -219,19 +273,42 @@ def build_report(
         for entry in round_entries
         if entry["time"].get("federation_overhead_fraction") is not None
     ]
+    versions = dice_by_version(run, rounds, final_eval, baseline)
+    spent = cumulative_epsilon(round_entries)
+    for version in versions:  # the ε the sites had spent to make this model
+        version["epsilon"] = spent.get(version["version"], {})
     return {
         "format_version": 1,
         "created_at": datetime.now(UTC).isoformat(),
         "settings": dict(settings),
         "run": run.model_dump(mode="json"),
         "phases_s": dict(phases),
-        "dice_by_version": dice_by_version(run, rounds, final_eval, baseline),
+        "privacy": privacy_summary(run, round_entries),
+        "dice_by_version": versions,
         "hd95_by_version": dice_by_version(run, rounds, final_eval, baseline, metric="hd95"),
         "baseline": None
         if baseline is None
         else {"steps_per_round": baseline_steps_per_round, "versions": len(baseline)},
         "rounds": round_entries,
         "federation_overhead_fraction_mean": sum(fractions) / len(fractions) if fractions else None,
+    }
+
+
+def privacy_summary(run: RunInfo, round_entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The run's mechanism, each site's final cumulative ε, and every decline."""
+    final: dict[str, float] = {}
+    for figures in cumulative_epsilon(round_entries).values():
+        final.update(figures)
+    declines = [
+        {"round": entry["round"], "site": site, **decline}
+        for entry in round_entries
+        for site, decline in sorted((entry.get("declines") or {}).items())
+    ]
+    return {
+        "mechanism": run.config.privacy.mechanism,
+        "config": run.config.privacy.model_dump(mode="json"),
+        "final_epsilon": final,
+        "declines": declines,
     }
 
 
@@ -282,6 +359,36 @@ def _by_version_table(
         if has_baseline:
             row.append(show(((entry.get("baseline") or {}).get("mean") or {}).get("mean")))
         table.add_row(*row)
+    return table
+
+
+def epsilon_table(report: Mapping[str, Any]) -> Table:
+    """ε per site per round (cumulative over the run, δ) and the rounds a site declined."""
+    rounds = report["rounds"]
+    sites = sorted(
+        {site for entry in rounds for site in (entry.get("epsilon") or {})}
+        | {site for entry in rounds for site in (entry.get("declines") or {})}
+    )
+    mechanism = report["privacy"]["mechanism"]
+    table = Table(
+        title=f"Privacy: each site's cumulative ε over the run ({mechanism}); declines by reason",
+        title_justify="left",
+    )
+    table.add_column("round", justify="right", no_wrap=True)
+    for site in sites:
+        table.add_column(site, justify="right")
+    for entry in rounds:
+        cells = []
+        for site in sites:
+            ledger = (entry.get("epsilon") or {}).get(site)
+            decline = (entry.get("declines") or {}).get(site)
+            if ledger is not None:
+                cells.append(f"{ledger['cumulative_epsilon']:.3g} (δ {ledger['delta']:g})")
+            elif decline is not None:
+                cells.append(f"declined: {decline['reason']}")
+            else:
+                cells.append("-")
+        table.add_row(str(entry["round"]), *cells)
     return table
 
 
@@ -340,7 +447,11 @@ def plot_dice(report: Mapping[str, Any], path: Path) -> None:
     versions = report["dice_by_version"]
     xs = [entry["version"] for entry in versions]
     sites = sorted({site for entry in versions for site in entry["sites"]})
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    private = (report.get("privacy") or {}).get("mechanism", "none") != "none"
+    figure, axes = plt.subplots(
+        1, 3 if private else 2, figsize=(16.5 if private else 11, 4.2), constrained_layout=True
+    )
+    left, right = axes[0], axes[1]
     for site in sites:
         points = [
             (entry["version"], entry["sites"][site]["mean"])
@@ -386,7 +497,44 @@ def plot_dice(report: Mapping[str, Any], path: Path) -> None:
         if points:
             right.plot(*zip(*points, strict=True), marker="o", color=colour, label=region.upper())
     _dice_axis(right, title="Federated model by region (mean over sites)", xs=xs)
+    if private:
+        _epsilon_panel(axes[2], versions, sites, str(report["privacy"]["mechanism"]))
     tmp = path.with_name(f".{path.stem}.tmp.png")
     figure.savefig(tmp, dpi=110)
     plt.close(figure)
     tmp.replace(path)
+
+
+def _epsilon_panel(
+    axis: Any, versions: Sequence[Mapping[str, Any]], sites: Sequence[str], mechanism: str
+) -> None:
+    """Dice of each model version against the cumulative ε its sites had spent for it."""
+    for site in sites:
+        points = [
+            (float(entry["epsilon"].get(site, 0.0)), entry["sites"][site]["mean"])
+            for entry in versions
+            if site in entry["sites"] and "mean" in entry["sites"][site]
+        ]
+        if points:
+            axis.plot(*zip(*points, strict=True), marker=".", linewidth=1, alpha=0.6, label=site)
+    mean_points = []
+    for entry in versions:
+        spent = list((entry.get("epsilon") or {}).values())
+        if entry["mean"] and "mean" in entry["mean"]:
+            mean_points.append((sum(spent) / len(spent) if spent else 0.0, entry["mean"]["mean"]))
+    if mean_points:
+        axis.plot(
+            *zip(*mean_points, strict=True),
+            marker="o",
+            linewidth=2.5,
+            color="black",
+            label="federated (mean)",
+        )
+    axis.set(
+        title=f"Mean Dice against cumulative ε ({mechanism})",
+        xlabel="cumulative ε of the site (run)",
+        ylabel="Dice",
+        ylim=(0, 1),
+    )
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)

@@ -35,10 +35,17 @@ from fedseg.simulate_procs import (
 )
 from shared import crypto
 from shared.errors import ConfigError, FedsegError, InvalidInput, Unavailable
-from shared.schemas import RoundInfo, RunConfig, RunInfo, TrainingConfig
+from shared.schemas import (
+    PlainPrivacy,
+    PrivacyConfig,
+    RoundInfo,
+    RunConfig,
+    RunInfo,
+    TrainingConfig,
+)
 
 MARKER: Final = ".fedseg-simulate"
-FINISHED: Final = frozenset({"completed", "failed", "cancelled"})
+FINISHED: Final = frozenset({"completed", "failed", "cancelled", "budget_exhausted"})
 SERVER_KEY_FILE: Final = Path("keys") / "server_ed25519.pem"
 
 
@@ -65,6 +72,8 @@ class SimulationConfig:
     client_threads: int = 1
     poll_wait_s: float = 5.0
     heterogeneity: str = "none"  # client.phantoms.HETEROGENEITY; strong: 4/12/30 cases…
+    privacy: PrivacyConfig = field(default_factory=PlainPrivacy)  # the run's privacy block
+    site_max_epsilon: float | None = None  # each simulated site's policy budget
 
     @property
     def site_names(self) -> list[str]:
@@ -89,6 +98,7 @@ class SimulationConfig:
                 eval_max_cases=self.eval_max_cases,
                 seed=self.seed,
             ),
+            privacy=self.privacy,
             seed=self.seed,
         )
 
@@ -106,6 +116,13 @@ class SiteHandle:
     def ledger_dir(self, run_id: str) -> Path:
         """``STATE/ledger/<run>``: the site's own record of what it shared."""
         return self.state_dir / "ledger" / run_id
+
+    def write_policy(self, max_epsilon: float | None) -> Path:
+        """The simulated site's privacy policy (`fedseg.simulate_privacy.simulated_policy`)."""
+        from client.privacy.policy import save_policy
+        from fedseg.simulate_privacy import simulated_policy
+
+        return save_policy(self.state_dir, simulated_policy(max_epsilon))
 
 
 def prepare_workdir(workdir: Path) -> None:
@@ -289,6 +306,8 @@ class Federation:
         with ThreadPoolExecutor(max_workers=len(self.sites)) as pool:
             for site, enrollment in zip(self.sites, pool.map(enroll, self.sites), strict=True):
                 site.enrollment = enrollment
+        for site in self.sites:  # phantom sites train: their policy takes a handful of cases
+            site.write_policy(self.config.site_max_epsilon)
 
     def create_run(self, name: str = "simulation", config: RunConfig | None = None) -> RunInfo:
         """Create the run (not started yet)."""
@@ -446,6 +465,12 @@ class Federation:
     def read_receipt(self, site: SiteHandle, round_number: int) -> dict[str, Any] | None:
         """The server's receipt a site recorded for a round, if acknowledged."""
         return _read_json(self.ledger_entry(site, round_number) / "receipt.json")
+
+    def read_decline(self, site: SiteHandle, round_number: int) -> dict[str, Any] | None:
+        """The decline a site signed for a round, if it declined it (the decline only)."""
+        signed = _read_json(self.ledger_entry(site, round_number) / "decline.json")
+        decline = (signed or {}).get("decline")
+        return decline if isinstance(decline, dict) else None
 
 
 def _aware(value: datetime) -> datetime:

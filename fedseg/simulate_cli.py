@@ -5,6 +5,9 @@ port), sites registered through the admin REST API and enrolled with ``fedseg cl
 enroll``, one ``fedseg client run`` process per site. The live view shows each
 round and each site; at the end the Dice table, ``report.json`` and ``dice.png``
 land in the work folder. Ctrl-C stops the run and every process it started.
+``--privacy`` runs a DP mechanism (`fedseg.simulate_privacy`); ``--site-max-epsilon``
+gives every site a budget, and a run the sites stop for budget ends
+``budget_exhausted`` with each site's reason.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import BaseModel
 from rich.console import Group, RenderableType
 from rich.live import Live
 from rich.text import Text
@@ -27,12 +31,14 @@ from fedseg.console import MODEL_CHOICES, duration, errors_as_messages, stderr, 
 from fedseg.report import (
     build_report,
     dice_table,
+    epsilon_table,
     hd95_table,
     plot_dice,
     timing_table,
     write_report,
 )
 from fedseg.simulate import Federation, SimulationConfig, prepare_workdir
+from fedseg.simulate_privacy import parse_privacy, simulated_policy
 from fedseg.simulate_procs import TerminationRequested, sigterm_as_interrupt
 from shared import crypto, routes
 from shared.bundle import open_bundle
@@ -118,6 +124,23 @@ def simulate(
             "tumour-size mix, label shift at the last site.",
         ),
     ] = "none",
+    privacy: Annotated[
+        str,
+        typer.Option(
+            "--privacy",
+            help="A mechanism (none, dp_sgd, dp_fedavg, svt; phantom defaults, see "
+            "docs/privacy.md) or a JSON/TOML file with the run's privacy block.",
+            metavar="FILE|MECHANISM",
+        ),
+    ] = "none",
+    site_max_epsilon: Annotated[
+        float | None,
+        typer.Option(
+            "--site-max-epsilon",
+            help="Each site's ε budget (its policy's max_epsilon; no plain rounds then).",
+            show_default="no budget",
+        ),
+    ] = None,
 ) -> None:
     """Run a whole federation on this machine: server, sites, run, report and plot."""
     from fedseg.admin_cli import parse_param
@@ -141,8 +164,11 @@ def simulate(
             seed=seed,
             client_threads=client_threads,
             heterogeneity=heterogeneity,
+            privacy=parse_privacy(privacy),
+            site_max_epsilon=site_max_epsilon,
         )
-        config.run_config()  # validate before starting anything
+        simulated_policy(site_max_epsilon)  # validate before starting anything
+        config.run_config()
         _check_heterogeneity(heterogeneity)
         code = Simulation(config, baseline=baseline, timeout_s=timeout).main()
     raise typer.Exit(code)
@@ -185,7 +211,7 @@ class Simulation:
     # --- driver ---------------------------------------------------------------------------
 
     def main(self) -> int:
-        """Run everything; return the exit code (0 only when the run completed)."""
+        """Run everything; return the exit code (0 when the run completed or ran out of ε)."""
         config = self.config
         prepare_workdir(config.workdir)
         federation = Federation(config)
@@ -264,6 +290,13 @@ class Simulation:
             self._stop_live()
         self.phases["federation"] = round(time.monotonic() - started, 3)
         federation.wait_clients_exit(timeout_s=3 * config.poll_wait_s + 30)
+        if run.status == "budget_exhausted":
+            stdout.print(
+                f"[yellow]The run stopped budget_exhausted[/] after round "
+                f"{run.current_round or 0}: the sites' privacy budgets are spent."
+            )
+            self._finish(federation, run, rounds, final_eval=None, baseline=None)
+            return 0
         if run.status != "completed":
             stderr.print(
                 f"[bold red]The run ended {run.status}.[/] Logs: {config.workdir / 'logs'}"
@@ -389,18 +422,22 @@ class Simulation:
     ) -> None:
         headers: dict[int, dict[str, dict[str, Any]]] = {}
         receipts: dict[int, dict[str, dict[str, Any]]] = {}
+        declines: dict[int, dict[str, dict[str, Any]]] = {}
         for info in rounds:
             for site in federation.sites:
                 header = federation.read_header(site, info.round)
                 receipt = federation.read_receipt(site, info.round)
+                decline = federation.read_decline(site, info.round)
                 if header is not None:
                     headers.setdefault(info.round, {})[site.name] = header
                 if receipt is not None:
                     receipts.setdefault(info.round, {})[site.name] = receipt
+                if decline is not None:
+                    declines.setdefault(info.round, {})[site.name] = decline
         self.phases["total"] = round(time.monotonic() - self.started, 3)
         settings = {
-            key: (str(value) if isinstance(value, Path) else value)
-            for key, value in dataclasses.asdict(self.config).items()
+            field.name: _setting(getattr(self.config, field.name))
+            for field in dataclasses.fields(self.config)
         }
         settings["baseline"] = self.baseline
         report = build_report(
@@ -415,6 +452,7 @@ class Simulation:
             ),
             phases=self.phases,
             settings=settings,
+            declines=declines,
         )
         workdir = self.config.workdir
         write_report(report, workdir / "report.json")
@@ -422,6 +460,8 @@ class Simulation:
         if report.get("hd95_by_version"):
             stdout.print(hd95_table(report))
         stdout.print(timing_table(report))
+        if report["privacy"]["mechanism"] != "none" or report["privacy"]["declines"]:
+            stdout.print(epsilon_table(report))
         try:
             plot_dice(report, workdir / "dice.png")
         except (OSError, ValueError) as exc:
@@ -438,6 +478,15 @@ class Simulation:
             f"Total: {duration(self.phases['total'])}",
             markup=False,
         )
+
+
+def _setting(value: Any) -> Any:
+    """A settings value as report.json holds it (paths as text, models as JSON)."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    return value
 
 
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:

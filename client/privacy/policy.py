@@ -71,6 +71,18 @@ def parse_policy(text: str | bytes, *, source: str) -> SitePolicy:
         ) from None
 
 
+def describe_policy(policy: SitePolicy) -> str:
+    """One log line: the limits that decide whether a round is trained."""
+    budget = "no ε budget" if policy.max_epsilon is None else f"max ε {policy.max_epsilon:g}"
+    plain = "plain rounds allowed" if policy.allow_plain else "no plain rounds"
+    mechanisms = ", ".join(policy.mechanisms) or "none"
+    return (
+        f"{budget} (δ {policy.delta:g}), min {policy.min_cases} training cases, "
+        f"min batch {policy.min_batch}, min {policy.min_local_steps} local steps, "
+        f"mechanisms {mechanisms}, {plain}"
+    )
+
+
 def policy_path(state_dir: Path) -> Path:
     """Where `save_policy` keeps the site's policy."""
     return state_dir / POLICY_FILE

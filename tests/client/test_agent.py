@@ -17,8 +17,10 @@ from client.training import TrainResult
 from shared import crypto, routes
 from shared.bundle import bundle_tar, make_bundle
 from shared.errors import BundleError, Conflict, IntegrityError, InvalidInput, Unavailable
+from shared.privacy import DeclineReceipt, SignedDecline
 from shared.schemas import (
     PlainPrivacy,
+    PrivacyConfig,
     SignedKeyRotation,
     SignedTask,
     StatusReport,
@@ -41,10 +43,10 @@ class Killed(BaseException):
 class FakeServer:
     """In-memory server side: signs tasks, serves a bundle, takes uploads."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, base: Tensors | None = None) -> None:
         self.signing_key = crypto.generate_signing_key()
         self.round_key = crypto.generate_sealing_key()
-        self.base: Tensors = {"w": torch.randn(4, 3), "b": torch.zeros(3)}
+        self.base: Tensors = base or {"w": torch.randn(4, 3), "b": torch.zeros(3)}
         self.tars: dict[int, bytes] = {}
         for version in range(3):  # the same weights published as versions 0..2
             manifest, files = make_bundle(
@@ -60,12 +62,22 @@ class FakeServer:
         self.polls: list[TaskPoll] = []
         self.uploads: list[tuple[str, bytes]] = []
         self.reports: list[StatusReport] = []
+        self.declines: list[tuple[str, SignedDecline]] = []
+        self.decline_error: Exception | None = None
         self.closed: set[int] = set()
         self.kill_on_upload = False
         self.receipt_sha256: str | None = None  # a lying server names another hash
         self.downloads = 0
 
-    def task(self, round_number: int = 1, clip: float | None = None) -> SignedTask:
+    def task(
+        self,
+        round_number: int = 1,
+        clip: float | None = None,
+        *,
+        privacy: PrivacyConfig | None = None,
+        rounds: int = 2,
+        quorum: int = 1,
+    ) -> SignedTask:
         task = Task(
             run_id="run1",
             round=round_number,
@@ -80,7 +92,9 @@ class FakeServer:
             ).decode(),
             deadline=datetime.now(UTC) + timedelta(hours=1),
             training=TrainingConfig(),
-            privacy=PlainPrivacy(clip_norm=clip),
+            privacy=privacy or PlainPrivacy(clip_norm=clip),
+            rounds=rounds,
+            quorum=quorum,
             issued_at=datetime.now(UTC),
         )
         return sign_task(task, self.signing_key)
@@ -113,6 +127,18 @@ class FakeServer:
     def report(self, status: StatusReport) -> None:
         self.reports.append(status)
 
+    def decline(self, path: str, signed: SignedDecline) -> DeclineReceipt:
+        self.declines.append((path, signed))
+        if self.decline_error is not None:
+            raise self.decline_error
+        return DeclineReceipt(
+            run_id=signed.decline.run_id,
+            round=signed.decline.round,
+            site=signed.decline.site,
+            reason=signed.decline.reason,
+            recorded_at=datetime.now(UTC),
+        )
+
     def key_rotations(self) -> list[SignedKeyRotation]:
         return []  # this server never rotated its key
 
@@ -120,14 +146,20 @@ class FakeServer:
 class FakeTrainer:
     """Each call gives different weights: a second computation would be visible."""
 
-    def __init__(self) -> None:
+    def __init__(self, cases: int = 8) -> None:
         self.calls = 0
+        self.cases = cases  # the default policy's min_cases: a plain round trains
+        self.plans: list[object] = []
+
+    def train_cases(self, task: Task) -> int:
+        return self.cases
 
     def evaluate(self, task: Task, weights: Tensors) -> dict[str, float]:
         return {"dice_tc": 0.1, "dice_wt": 0.2, "dice_et": 0.3, "dice_mean": 0.2}
 
-    def train(self, task: Task, weights: Tensors) -> TrainResult:
+    def train(self, task: Task, weights: Tensors, *, dp_sgd: object = None) -> TrainResult:
         self.calls += 1
+        self.plans.append(dp_sgd)
         new = {name: t + 0.01 * torch.randn_like(t) for name, t in weights.items()}
         return TrainResult(weights=new, num_samples=7, loss=0.5, steps=3, seconds=0.1)
 
@@ -296,7 +328,7 @@ def test_exit_when_done_waits_while_a_run_is_active(server, state) -> None:
 
 def test_a_stopped_client_reports_stopped_instead_of_its_last_state(server, state) -> None:
     class InterruptedTrainer(FakeTrainer):
-        def train(self, task: Task, weights: Tensors) -> TrainResult:
+        def train(self, task: Task, weights: Tensors, *, dp_sgd: object = None) -> TrainResult:
             raise KeyboardInterrupt  # Ctrl-C, or SIGTERM from docker stop
 
     server.polls = [TaskPoll(task=server.task(), active_runs=1)]

@@ -108,3 +108,25 @@ def test_the_step_meter_reads_the_loss_only_when_it_logs_and_drives_a_bar_on_a_t
         progress.show_bars(None)
     assert Loss.reads == len(caplog.records) == 10  # one read per logged line, not per step
     assert "round 1: training" in screen.getvalue()  # the bar was drawn
+
+
+def test_the_trainer_counts_training_cases_and_hands_dp_sgd_to_training(
+    phantoms32: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from client.privacy.dp_sgd import DpSgdPlan
+
+    data = load_site_data(discover(phantoms32).cases, tmp_path / "cache")
+    local = LocalTrainer(data, CPU)
+    config = task(1, val_fraction=0.25)
+    assert local.train_cases(config) == len(data.split(config.training)[0]) == 3
+    seen: list[object] = []
+
+    def fake_train(*args: object, dp_sgd: object = None, **kwargs: object) -> str:
+        seen.append(dp_sgd)
+        return "trained"
+
+    monkeypatch.setattr(trainer_module, "train", fake_train)
+    plan = DpSgdPlan(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.5)
+    local.train(config, {}, dp_sgd=plan)
+    local.train(config, {})
+    assert seen == [plan, None]

@@ -120,3 +120,48 @@ def test_download_resumes_with_range(tmp_path: Path) -> None:
     assert dest.read_bytes() == payload
     assert ranges == [None, "bytes=100000-"]
     assert not dest.with_name("0000.tar.part").exists()
+
+
+def test_decline_posts_the_signed_decline_and_maps_decline_conflict() -> None:
+    from shared import crypto
+    from shared.privacy import Decline, DeclineReceipt, SignedDecline, sign_decline
+
+    signed = sign_decline(
+        Decline(
+            run_id="r",
+            round=2,
+            site="s",
+            reason="budget_exhausted",
+            message="over",
+            created_at=datetime.now(UTC),
+        ),
+        crypto.generate_signing_key(),
+    )
+    path = routes.DECLINE.format(run_id="r", round=2)
+    answers = [
+        problem(503, "unavailable"),
+        httpx.Response(
+            200,
+            content=DeclineReceipt(
+                run_id="r",
+                round=2,
+                site="s",
+                reason="budget_exhausted",
+                recorded_at=datetime.now(UTC),
+            ).model_dump_json(),
+        ),
+        problem(409, "decline_conflict"),
+    ]
+    bodies: list[SignedDecline] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.method == "POST" and request.url.path == path
+        bodies.append(SignedDecline.model_validate_json(request.content))
+        return answers.pop(0)
+
+    client, _ = transport(handler)
+    assert client.decline(path, signed).reason == "budget_exhausted"  # retried after the 503
+    with pytest.raises(Conflict) as raised:
+        client.decline(path, signed)
+    assert raised.value.code == "decline_conflict"
+    assert bodies == [signed] * 3
