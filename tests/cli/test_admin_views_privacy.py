@@ -8,7 +8,7 @@ from shared.schemas import EpsilonEntry, SiteProgress
 
 def test_a_site_cell_shows_the_decline_reason_and_the_cumulative_epsilon() -> None:
     declined = SiteProgress(site="a", state="declined", decline_reason="budget_exhausted")
-    assert site_cell(declined) == "[yellow]declined[/] [yellow]budget_exhausted[/]"
+    assert site_cell(declined) == "[yellow]declined[/] (budget_exhausted)"
     entry = EpsilonEntry(
         run_id="r",
         round=1,
@@ -20,4 +20,4 @@ def test_a_site_cell_shows_the_decline_reason_and_the_cumulative_epsilon() -> No
         steps=2,
     )
     trained = SiteProgress(site="a", state="uploaded", privacy=entry)
-    assert site_cell(trained) == "[green]uploaded[/] [dim]ε 3.46[/]"
+    assert site_cell(trained) == "[green]uploaded[/] ε 3.46"
