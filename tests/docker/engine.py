@@ -227,6 +227,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# With the vfs storage driver, creating a container copies its image's layers, and compose 1.29
+# gives the engine 60 s for that by default: too little for the client image on a slow disk.
+COMPOSE_TIMEOUTS = {"COMPOSE_HTTP_TIMEOUT": "900", "DOCKER_CLIENT_TIMEOUT": "900"}
+
+
 @dataclass
 class Compose:
     project: str
@@ -236,7 +241,7 @@ class Compose:
         command = [*compose_command(), "-p", self.project, "-f", str(REPO / "compose.yaml"), *args]
         output = subprocess.PIPE if capture else None
         done = subprocess.run(
-            command, cwd=REPO, env={**os.environ, **self.env}, check=False, text=True,
+            command, cwd=REPO, env={**os.environ, **COMPOSE_TIMEOUTS, **self.env}, check=False, text=True,
             stdout=output, stderr=subprocess.STDOUT if capture else None,
         )
         if check and done.returncode != 0:
