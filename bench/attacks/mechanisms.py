@@ -1,9 +1,9 @@
 """The defences an attacker faces, as one hook: ``protect(delta, config) -> what it sees``.
 
-A mechanism that acts on the delta a site uploads fits the hook directly. Those that need
-the DP branch (DP-SGD changes training itself; SVT chooses what to share and is accounted
-there) are registered as ``None``: the bench prints their rows as pending instead of
-inventing numbers.
+A mechanism that acts on the delta a site uploads fits the hook directly: dp_fedavg and
+svt (the product's `client.privacy.svt.share`, its noise from a seeded `NoiseSource`).
+DP-SGD acts inside training instead (the bench trains those sites with a
+`client.privacy.dp_sgd.DpSgdPlan`), so its hook passes the trained delta on unchanged.
 
 `dp_fedavg` here is the attacker's view of the design's client-level DP-FedAvg (§10.1 of
 the design): clip the delta to L2 norm C, add Gaussian noise with standard deviation
@@ -20,16 +20,22 @@ from dataclasses import dataclass
 import torch
 
 from bench.attacks.uploads import l2_norm
+from client.privacy.noise import NoiseSource
+from client.privacy.svt import share
 from shared.tensors import Tensors
 
 
 @dataclass(frozen=True, slots=True)
 class MechanismConfig:
-    """Parameters of a defence: clip norm C, noise multiplier sigma, noise split m."""
+    """Parameters of a defence: dp_fedavg's C, sigma and noise split m; svt's four."""
 
     clip_norm: float = 1.0
     noise_multiplier: float = 1.0
     noise_sites: int = 1
+    svt_fraction: float = 0.1
+    svt_epsilon: float = 1.0  # pure epsilon per round
+    svt_threshold: float = 1e-6
+    svt_clip: float = 1e-4  # each coordinate clipped to +-this
     seed: int = 0
 
 
@@ -55,9 +61,22 @@ def dp_fedavg(delta: Mapping[str, torch.Tensor], config: MechanismConfig) -> Ten
     return out
 
 
-MECHANISMS: dict[str, Protect | None] = {
+def svt(delta: Mapping[str, torch.Tensor], config: MechanismConfig) -> Tensors:
+    """The site's selective sharing: at most ``svt_fraction`` of the coordinates, noised."""
+    shared, _ = share(
+        dict(delta),
+        fraction=config.svt_fraction,
+        epsilon=config.svt_epsilon,
+        threshold=config.svt_threshold,
+        clip=config.svt_clip,
+        noise=NoiseSource(seed=config.seed),
+    )
+    return shared
+
+
+MECHANISMS: dict[str, Protect] = {
     "none": unprotected,
     "dp_fedavg": dp_fedavg,
-    "dp_sgd": None,  # pending the DP mechanisms: record-level, inside training (Opacus)
-    "svt": None,  # pending the DP mechanisms: selective sharing with its own accounting
+    "dp_sgd": unprotected,  # the noise is in training: sites train with a DpSgdPlan
+    "svt": svt,
 }

@@ -26,6 +26,7 @@ from bench.attacks.uploads import SiteUpload, site_upload, weighted_mean
 from client.data import Case, discover, split_ids
 from client.data.cache import CachedCase
 from client.phantoms import generate
+from client.privacy.dp_sgd import DpSgdPlan
 from client.training import SiteData, load_site_data
 from shared import models
 from shared.schemas import TrainingConfig
@@ -127,13 +128,18 @@ def run_federation(
     mechanism: MechanismConfig,
     device: torch.device,
     seed: int = 0,
+    dp_sgd: DpSgdPlan | None = None,
 ) -> Federation:
-    """``rounds`` of FedAvg over ``sites``, each delta passed through ``protect``."""
+    """``rounds`` of FedAvg over ``sites``, each delta passed through ``protect``.
+
+    With ``dp_sgd`` every site trains with DP-SGD, each round with its own noise seed.
+    """
     weights = initial_weights(model_name, model_params)
     first: tuple[Tensors, list[SiteUpload], list[Tensors]] | None = None
     for round_number in range(rounds):
         uploads, views = [], []
         for index, data in enumerate(sites):
+            noise_seed = seed + 7919 * (round_number + 1) + index
             upload = site_upload(
                 model_name=model_name,
                 model_params=model_params,
@@ -142,8 +148,8 @@ def run_federation(
                 data=data,
                 device=device,
                 seed=seed + 1000 * round_number + index,
+                dp_sgd=None if dp_sgd is None else replace(dp_sgd, seed=noise_seed),
             )
-            noise_seed = seed + 7919 * (round_number + 1) + index
             view = protect(upload.delta, replace(mechanism, seed=noise_seed))
             uploads.append(upload)
             views.append(view)

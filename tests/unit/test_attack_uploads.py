@@ -81,3 +81,34 @@ def test_federation_moves_the_consensus_by_the_protected_mean(cohort) -> None:
     for name, tensor in run.weights.items():
         assert torch.allclose(tensor, run.base[name] + view[name], atol=1e-7)
     assert not torch.allclose(view[name], run.uploads[0].delta[name])  # clipped: not the raw delta
+
+
+@pytest.mark.slow
+def test_replayed_private_crops_are_the_ones_dp_sgd_trained_on(cohort) -> None:
+    from bench.attacks.uploads import parameter_shapes, seen_private_crops
+    from client.privacy.dp_sgd import DpSgdPlan, private_training_steps
+
+    config = TrainingConfig(local_steps=4, batch_size=1, crop_size=16, learning_rate=1e-3)
+    plan = DpSgdPlan(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.5, seed=11)
+    model = build_model("segresnet-small", {}, initial_weights("segresnet-small", {}))
+    seen: list[torch.Tensor] = []
+    model.register_forward_pre_hook(lambda _module, args: seen.append(args[0].detach().clone()))
+    train_set, _ = cohort.data.split(config)
+    for _ in private_training_steps(
+        model, train_set, crop_size=16, device=CPU, plan=plan, steps=config.local_steps,
+        batch_size=1, learning_rate=1e-3, weight_decay=0.0, seed=5,
+    ):  # fmt: skip
+        pass
+    images, labels = seen_private_crops(
+        cohort.data, config, plan, parameter_shapes("segresnet-small", {}), seed=5, device=CPU
+    )
+    trained = torch.cat(seen) if seen else torch.zeros((0, 4, 16, 16, 16))
+    assert images.shape[0] > 0 and labels.shape[0] == images.shape[0]
+    assert images.shape == trained.shape
+    assert torch.equal(images, trained)
+    # Another noise seed samples other cases or crops: the replay follows the plan's stream.
+    other = DpSgdPlan(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.5, seed=12)
+    replayed, _ = seen_private_crops(
+        cohort.data, config, other, parameter_shapes("segresnet-small", {}), seed=5, device=CPU
+    )
+    assert replayed.shape != images.shape or not torch.equal(replayed, images)

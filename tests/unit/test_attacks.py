@@ -298,10 +298,35 @@ def test_a_low_ssim_is_never_a_pass_unless_the_attack_recovered_the_worst_case()
     assert verdict(_row("secagg3", ssim=0.6, auc=0.5), None).startswith("MISS")
 
 
-def test_pending_mechanisms_are_printed_as_pending_not_measured() -> None:
-    from bench.privacy_attacks import PENDING, chosen, format_pending
+def test_every_row_has_a_real_mechanism_and_dp_sgd_rows_spend_their_epsilon() -> None:
+    from bench.privacy_attacks import CPU as SCALE
+    from bench.privacy_attacks import DELTA, chosen, dp_sgd_plan, training_config
+    from client.privacy.accountant import Spend, total_epsilon
 
     rows = chosen([], ["dp_sgd"])
     assert [r.name for r in rows] == ["dp_sgd_eps1", "dp_sgd_eps8"]
-    assert {name for name, protect in MECHANISMS.items() if protect is None} == {"dp_sgd", "svt"}
-    assert PENDING in format_pending(rows[0])
+    assert all(protect is not None for protect in MECHANISMS.values())
+    sigmas = []
+    for row in rows:
+        config = training_config(row, SCALE)
+        plan = dp_sgd_plan(row, config, SCALE)
+        assert plan is not None and row.target_epsilon is not None
+        spent = total_epsilon(
+            [Spend("dp_sgd", plan.noise_multiplier, plan.sample_rate, config.local_steps,
+                   plan.max_grad_norm)] * SCALE.rounds,
+            delta=DELTA,
+        )  # fmt: skip
+        assert spent == pytest.approx(row.target_epsilon, rel=0.05)
+        sigmas.append(plan.noise_multiplier)
+    assert sigmas[0] > sigmas[1]  # epsilon 1 needs more noise than epsilon 8
+    assert dp_sgd_plan(chosen(["default"], [])[0], training_config(rows[0], SCALE), SCALE) is None
+
+
+def test_svt_shares_at_most_its_fraction_of_coordinates_each_clipped() -> None:
+    delta = {"w": torch.linspace(-1, 1, 1000), "b": torch.full((10,), 0.5)}
+    view = MECHANISMS["svt"](delta, MechanismConfig(svt_fraction=0.1, svt_clip=1e-4, seed=3))
+    flat = torch.cat([view["w"], view["b"]])
+    assert int((flat != 0).sum()) <= 101
+    assert float(flat.abs().max()) <= 1e-4
+    again = MECHANISMS["svt"](delta, MechanismConfig(svt_fraction=0.1, svt_clip=1e-4, seed=3))
+    assert torch.equal(again["w"], view["w"])  # seeded: a table can be rerun
