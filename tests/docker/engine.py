@@ -241,7 +241,8 @@ class Compose:
         command = [*compose_command(), "-p", self.project, "-f", str(REPO / "compose.yaml"), *args]
         output = subprocess.PIPE if capture else None
         done = subprocess.run(
-            command, cwd=REPO, env={**os.environ, **COMPOSE_TIMEOUTS, **self.env}, check=False, text=True,
+            command, cwd=REPO, env={**os.environ, **COMPOSE_TIMEOUTS, **self.env}, check=False,
+            text=True,
             stdout=output, stderr=subprocess.STDOUT if capture else None,
         )
         if check and done.returncode != 0:
