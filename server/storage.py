@@ -14,8 +14,8 @@ import hashlib
 import os
 import re
 import secrets
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import BinaryIO, Protocol
 
 _KEY = re.compile(r"^[0-9a-f]{64}$")
