@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 
 from anyio import to_thread
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -228,12 +229,8 @@ class UpdateIntake:
                 tensors = await to_thread.run_sync(_open, body, slot.site_key, live)
                 with self._storing_blob(body.sha256):
                     await to_thread.run_sync(self._blobs.put_file, temp, body.sha256)
-                    try:
-                        async with live.lock:
-                            return await self._commit(live, site, site_id, body, header, tensors)
-                    except Exception:
-                        await self._discard_blob(body.sha256)
-                        raise
+                    async with live.lock:
+                        return await self._commit(live, site, site_id, body, header, tensors)
         finally:
             temp.unlink(missing_ok=True)
 
@@ -328,8 +325,49 @@ class UpdateIntake:
         header: UpdateHeader,
         tensors: Arrays,
     ) -> UpdateReceipt:
-        """Under the round lock: re-check, insert, commit, then add to the sum."""
+        """Under the round lock: re-check, insert, commit, then add to the sum.
+
+        Until the row is committed, a failure removes the stored blob again.
+        """
         moment = now()
+        try:
+            replay = await self._insert(live, site, site_id, body, header, moment)
+        except Exception:
+            await self._discard_blob(body.sha256)
+            raise
+        if replay is not None:
+            return replay
+        # numpy releases the GIL: off the event loop, which is busy receiving other bodies
+        await to_thread.run_sync(live.accumulator.add, tensors, float(header.num_samples))
+        live.counted.add(site_id)
+        self._metrics.updates_accepted.inc()
+        if header.privacy is not None:
+            self._metrics.record_epsilon(
+                live.run_id, site.name, header.privacy.model_dump(mode="json")
+            )
+        receipt = UpdateReceipt(
+            run_id=live.run_id,
+            round=live.number,
+            site=site.name,
+            update_sha256=body.sha256,
+            received_at=moment,
+        )
+        try:
+            await self._rounds.decide(live)  # closes the round once it is complete
+        except Exception:  # the update is safe; the ticker retries the close
+            log.exception("closing round %s/%s failed", live.run_id, live.number)
+        return receipt
+
+    async def _insert(
+        self,
+        live: LiveRound,
+        site: Principal,
+        site_id: int,
+        body: ReceivedBody,
+        header: UpdateHeader,
+        moment: datetime,
+    ) -> UpdateReceipt | None:
+        """Re-check the slot, insert the row and its audit event, commit; a replay's receipt."""
         async with self._db.transaction() as repo:
             row = await repo.round(live.run_id, live.number)
             assert row is not None
@@ -368,26 +406,7 @@ class UpdateIntake:
                     else {"cumulative_epsilon": header.privacy.cumulative_epsilon}
                 ),
             )
-        # numpy releases the GIL: off the event loop, which is busy receiving other bodies
-        await to_thread.run_sync(live.accumulator.add, tensors, float(header.num_samples))
-        live.counted.add(site_id)
-        self._metrics.updates_accepted.inc()
-        if header.privacy is not None:
-            self._metrics.record_epsilon(
-                live.run_id, site.name, header.privacy.model_dump(mode="json")
-            )
-        receipt = UpdateReceipt(
-            run_id=live.run_id,
-            round=live.number,
-            site=site.name,
-            update_sha256=body.sha256,
-            received_at=moment,
-        )
-        try:
-            await self._rounds.decide(live)  # closes the round once it is complete
-        except Exception:  # the update is safe; the ticker retries the close
-            log.exception("closing round %s/%s failed", live.run_id, live.number)
-        return receipt
+        return None
 
     async def _audit_rejection(
         self, site: Principal, run_id: str, number: int, exc: FedsegError
