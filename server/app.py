@@ -29,6 +29,7 @@ from server.db.engine import Database, make_engine, migrate
 from server.metrics import Metrics
 from server.services.audit import AuditService
 from server.services.auth import AuthService
+from server.services.blob_sweep import sweep_unreferenced_blobs
 from server.services.container import Services
 from server.services.declines import DeclineService
 from server.services.events import Notifier
@@ -91,6 +92,7 @@ def create_app(settings: Settings) -> FastAPI:
         _restrict_existing(settings)
         db = Database(make_engine(settings.database_url))
         blobs = FileBlobStore(settings.blob_dir)
+        await sweep_unreferenced_blobs(db, blobs)  # nothing is in flight yet
         metrics = Metrics()
         notifier = Notifier()
         audit = AuditService(db)

@@ -3,7 +3,8 @@
 A blob's key is the sha256 of its bytes. Writes go to a temp file in the store,
 are fsynced and atomically renamed into place (then the directory is fsynced), so
 a reader never sees a half-written blob, even after a crash. Temp files left by a
-crash are removed at start.
+crash are removed at start. `remove` and `keys` exist for the clean-ups that keep
+the store to what the database references (`server.services.blob_sweep`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import hashlib
 import os
 import re
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -48,6 +50,14 @@ class BlobStore(Protocol):
 
     def check(self) -> None:
         """Raise `OSError` unless the store can be written."""
+        ...
+
+    def remove(self, key: str) -> int:
+        """Delete a blob durably; returns the bytes freed (0 when it was absent)."""
+        ...
+
+    def keys(self) -> Iterator[str]:
+        """Every stored blob's key (temp files and foreign files are not blobs)."""
         ...
 
 
@@ -126,6 +136,26 @@ class FileBlobStore:
                 os.fsync(handle.fileno())
         finally:
             probe.unlink(missing_ok=True)
+
+    def remove(self, key: str) -> int:
+        """Unlink the blob and fsync its directory, so a crash does not bring it back."""
+        path = self._path(key)
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return 0
+        _fsync_dir(path.parent)
+        return size
+
+    def keys(self) -> Iterator[str]:
+        """Files named by a key in the directory of its first two hex digits; nothing else."""
+        for directory in sorted(self.root.iterdir()):
+            if directory == self.temp_dir or not directory.is_dir():
+                continue
+            for path in sorted(directory.iterdir()):
+                if _KEY.match(path.name) and path.name[:2] == directory.name and path.is_file():
+                    yield path.name
 
 
 def _fsync_dir(path: Path) -> None:

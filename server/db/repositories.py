@@ -307,6 +307,28 @@ class Repository:
         """Blob keys of every stored bundle (for the in-use check of the blob store)."""
         return set((await self.session.scalars(select(ModelVersionRow.bundle))).all())
 
+    # --- blob references ---------------------------------------------------------------
+    # Every column that names a blob key: an update's blob (its sha256 is the same key,
+    # kept too so a disagreement errs on keeping) and a model version's bundle.
+
+    async def blob_keys(self) -> set[str]:
+        """Every blob key a row references (the start-up sweep keeps exactly these)."""
+        updates = await self.session.execute(select(UpdateRow.blob, UpdateRow.sha256))
+        keys = {key for row in updates for key in row}
+        return keys | await self.bundle_keys()
+
+    async def blob_in_use(self, key: str) -> bool:
+        """Whether any row references blob ``key``."""
+        update = await self.session.scalar(
+            select(UpdateRow.id).where((UpdateRow.blob == key) | (UpdateRow.sha256 == key)).limit(1)
+        )
+        if update is not None:
+            return True
+        bundle = await self.session.scalar(
+            select(ModelVersionRow.version).where(ModelVersionRow.bundle == key).limit(1)
+        )
+        return bundle is not None
+
     # --- audit -------------------------------------------------------------------------
 
     async def audit(

@@ -8,7 +8,10 @@ against the run's mechanism), and only then is the body received, its signature
 checked, its payload decrypted and the delta's L2 norm checked against the run's
 clip (`norms`). The blob is stored only after every check has passed, so a refused
 update leaves nothing behind. An update counts once its blob is durable and its row
-committed (see `rounds`).
+committed (see `rounds`). When the row is not committed after all (a failing insert,
+a round closed meanwhile), its blob is removed again unless a committed row or another
+upload in flight names the same key; what a crash leaves, the start-up sweep removes
+(`blob_sweep`).
 """
 
 from __future__ import annotations
@@ -16,8 +19,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 
 from anyio import to_thread
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -166,6 +172,7 @@ class UpdateIntake:
         self._metrics = metrics
         self._limits = limits
         self._verify = asyncio.Semaphore(limits.verify_concurrency)
+        self._storing: Counter[str] = Counter()  # blob keys between put_file and commit
 
     async def accept_update(
         self,
@@ -220,11 +227,49 @@ class UpdateIntake:
             # in the sum, so memory stays O(model) however many uploads arrive at once.
             async with self._verify:
                 tensors = await to_thread.run_sync(_open, body, slot.site_key, live)
-                await to_thread.run_sync(self._blobs.put_file, temp, body.sha256)
-                async with live.lock:
-                    return await self._commit(live, site, site_id, body, header, tensors)
+                with self._storing_blob(body.sha256):
+                    await to_thread.run_sync(self._blobs.put_file, temp, body.sha256)
+                    async with live.lock:
+                        return await self._commit(live, site, site_id, body, header, tensors)
         finally:
             temp.unlink(missing_ok=True)
+
+    @contextmanager
+    def _storing_blob(self, key: str) -> Iterator[None]:
+        """Mark ``key`` in flight, so a failed upload never removes another's blob."""
+        self._storing[key] += 1
+        try:
+            yield
+        finally:
+            self._storing[key] -= 1
+            if not self._storing[key]:
+                del self._storing[key]
+
+    async def _discard_blob(self, key: str) -> None:
+        """After a failed commit: remove the blob unless something still references it.
+
+        Content-addressed, the key may be shared: by a committed row (a fresh read
+        asks) or by an upload between its `put_file` and its commit (``_storing``).
+        The check of ``_storing`` and the unlink run with no await between them, so
+        no upload can start storing the same key in between. When the database cannot
+        say, the blob stays (the start-up sweep decides later). Never raises: the
+        caller re-raises the error that matters.
+        """
+        try:
+            async with self._db.read() as repo:
+                in_use = await repo.blob_in_use(key)
+        except Exception:
+            log.exception("could not check blob %s of an uncommitted update; it is kept", key)
+            return
+        if in_use or self._storing[key] > 1:
+            log.warning("update %s was not committed; its blob is shared, so kept", key)
+            return
+        try:
+            freed = self._blobs.remove(key)
+        except OSError:
+            log.exception("could not remove blob %s of an uncommitted update", key)
+            return
+        log.warning("update %s was not committed; its blob (%d bytes) is removed", key, freed)
 
     async def _precheck(self, site_id: int, run_id: str, number: int) -> Slot:
         """Run, membership, round state and a prior update: a read, before any body byte."""
@@ -280,8 +325,49 @@ class UpdateIntake:
         header: UpdateHeader,
         tensors: Arrays,
     ) -> UpdateReceipt:
-        """Under the round lock: re-check, insert, commit, then add to the sum."""
+        """Under the round lock: re-check, insert, commit, then add to the sum.
+
+        Until the row is committed, a failure removes the stored blob again.
+        """
         moment = now()
+        try:
+            replay = await self._insert(live, site, site_id, body, header, moment)
+        except Exception:
+            await self._discard_blob(body.sha256)
+            raise
+        if replay is not None:
+            return replay
+        # numpy releases the GIL: off the event loop, which is busy receiving other bodies
+        await to_thread.run_sync(live.accumulator.add, tensors, float(header.num_samples))
+        live.counted.add(site_id)
+        self._metrics.updates_accepted.inc()
+        if header.privacy is not None:
+            self._metrics.record_epsilon(
+                live.run_id, site.name, header.privacy.model_dump(mode="json")
+            )
+        receipt = UpdateReceipt(
+            run_id=live.run_id,
+            round=live.number,
+            site=site.name,
+            update_sha256=body.sha256,
+            received_at=moment,
+        )
+        try:
+            await self._rounds.decide(live)  # closes the round once it is complete
+        except Exception:  # the update is safe; the ticker retries the close
+            log.exception("closing round %s/%s failed", live.run_id, live.number)
+        return receipt
+
+    async def _insert(
+        self,
+        live: LiveRound,
+        site: Principal,
+        site_id: int,
+        body: ReceivedBody,
+        header: UpdateHeader,
+        moment: datetime,
+    ) -> UpdateReceipt | None:
+        """Re-check the slot, insert the row and its audit event, commit; a replay's receipt."""
         async with self._db.transaction() as repo:
             row = await repo.round(live.run_id, live.number)
             assert row is not None
@@ -320,26 +406,7 @@ class UpdateIntake:
                     else {"cumulative_epsilon": header.privacy.cumulative_epsilon}
                 ),
             )
-        # numpy releases the GIL: off the event loop, which is busy receiving other bodies
-        await to_thread.run_sync(live.accumulator.add, tensors, float(header.num_samples))
-        live.counted.add(site_id)
-        self._metrics.updates_accepted.inc()
-        if header.privacy is not None:
-            self._metrics.record_epsilon(
-                live.run_id, site.name, header.privacy.model_dump(mode="json")
-            )
-        receipt = UpdateReceipt(
-            run_id=live.run_id,
-            round=live.number,
-            site=site.name,
-            update_sha256=body.sha256,
-            received_at=moment,
-        )
-        try:
-            await self._rounds.decide(live)  # closes the round once it is complete
-        except Exception:  # the update is safe; the ticker retries the close
-            log.exception("closing round %s/%s failed", live.run_id, live.number)
-        return receipt
+        return None
 
     async def _audit_rejection(
         self, site: Principal, run_id: str, number: int, exc: FedsegError
