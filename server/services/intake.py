@@ -11,7 +11,7 @@ update leaves nothing behind. An update counts once its blob is durable and its 
 committed (see `rounds`). When the row is not committed after all (a failing insert,
 a round closed meanwhile), its blob is removed again unless a committed row or another
 upload in flight names the same key; what a crash leaves, the start-up sweep removes
-(`blob_sweep`).
+(`blob_sweep`); `pending_blobs` decides.
 """
 
 from __future__ import annotations
@@ -19,9 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections import Counter
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -35,8 +33,10 @@ from server.db.repositories import run_config
 from server.metrics import Metrics
 from server.services.auth import Principal, now
 from server.services.envelopes import ReceivedBody, peek_header, receive_body, verify_signature
+from server.services.headers import check_header
 from server.services.live import LiveRound
 from server.services.norms import check_norm
+from server.services.pending_blobs import PendingBlobs
 from server.services.rounds import Coordinator, find_run
 from server.storage import BlobStore
 from shared import crypto
@@ -45,10 +45,8 @@ from shared.errors import (
     Conflict,
     FedsegError,
     Forbidden,
-    InvalidInput,
     NotFound,
     PayloadTooLarge,
-    TensorError,
 )
 from shared.schemas import RoundStatus, RunConfig, RunStatus, UpdateHeader, UpdateReceipt
 from shared.updates import read_envelope_header, unseal_envelope
@@ -75,85 +73,6 @@ class Slot:
     config: RunConfig
 
 
-def check_header(
-    header: UpdateHeader,
-    *,
-    site: str,
-    run_id: str,
-    number: int,
-    base_weights_sha256: str,
-    config: RunConfig,
-) -> None:
-    """The cheap checks of an update's clear-text header, before its body is stored.
-
-    The one place for them: the site, run and round it names, the model it was
-    trained from, its sample count (the schema's 1..2³¹-1, then the run's
-    ``max_num_samples``) and its ε ledger entry (`check_privacy_entry`).
-    """
-    if header.site != site:
-        raise Forbidden(f"the update names site {header.site}, not {site}", code="wrong_site")
-    if header.run_id != run_id or header.round != number:
-        if header.run_id == run_id and header.round < number:
-            raise Conflict(
-                f"the update is for round {header.round}, not {number}", code="stale_round"
-            )
-        raise InvalidInput(
-            f"the update is for {header.run_id} round {header.round}, "
-            f"but was sent to {run_id} round {number}"
-        )
-    if header.num_samples <= 0:
-        raise TensorError("num_samples must be positive", code="bad_num_samples")
-    if header.num_samples > config.max_num_samples:
-        raise TensorError(
-            f"num_samples {header.num_samples} is above the run's max_num_samples "
-            f"{config.max_num_samples}",
-            code="bad_num_samples",
-        )
-    check_privacy_entry(header, config)
-    if header.base_weights_sha256 != base_weights_sha256:
-        raise TensorError(
-            "the update was trained from another model than this round's",
-            code="base_model_mismatch",
-        )
-
-
-def check_privacy_entry(header: UpdateHeader, config: RunConfig) -> None:
-    """A DP run's update carries its ε ledger entry for this run, round and mechanism.
-
-    A plain run's update carries none. Anything else is ``bad_privacy_entry`` (422).
-    """
-    mechanism = config.privacy.mechanism
-    entry = header.privacy
-    if mechanism == "none":
-        if entry is not None:
-            raise InvalidInput(
-                "the run has no privacy mechanism, but the update carries an ε ledger entry",
-                code="bad_privacy_entry",
-            )
-        return
-    if entry is None:
-        raise InvalidInput(
-            f"the run uses {mechanism}: the update header must carry its ε ledger entry (privacy)",
-            code="bad_privacy_entry",
-        )
-    if entry.run_id != header.run_id or entry.round != header.round:
-        raise InvalidInput(
-            f"the ε ledger entry is for {entry.run_id} round {entry.round}, "
-            f"not {header.run_id} round {header.round}",
-            code="bad_privacy_entry",
-        )
-    if entry.mechanism != mechanism:
-        raise InvalidInput(
-            f"the ε ledger entry is for {entry.mechanism}, but the run uses {mechanism}",
-            code="bad_privacy_entry",
-        )
-    if entry.cumulative_epsilon < entry.epsilon:
-        raise InvalidInput(
-            "the ε ledger entry's cumulative_epsilon is below this round's epsilon",
-            code="bad_privacy_entry",
-        )
-
-
 class UpdateIntake:
     """Takes sealed updates for the live rounds the `Coordinator` owns."""
 
@@ -172,7 +91,7 @@ class UpdateIntake:
         self._metrics = metrics
         self._limits = limits
         self._verify = asyncio.Semaphore(limits.verify_concurrency)
-        self._storing: Counter[str] = Counter()  # blob keys between put_file and commit
+        self._pending = PendingBlobs(db, blobs)
 
     async def accept_update(
         self,
@@ -227,49 +146,12 @@ class UpdateIntake:
             # in the sum, so memory stays O(model) however many uploads arrive at once.
             async with self._verify:
                 tensors = await to_thread.run_sync(_open, body, slot.site_key, live)
-                with self._storing_blob(body.sha256):
+                with self._pending.storing(body.sha256):
                     await to_thread.run_sync(self._blobs.put_file, temp, body.sha256)
                     async with live.lock:
                         return await self._commit(live, site, site_id, body, header, tensors)
         finally:
             temp.unlink(missing_ok=True)
-
-    @contextmanager
-    def _storing_blob(self, key: str) -> Iterator[None]:
-        """Mark ``key`` in flight, so a failed upload never removes another's blob."""
-        self._storing[key] += 1
-        try:
-            yield
-        finally:
-            self._storing[key] -= 1
-            if not self._storing[key]:
-                del self._storing[key]
-
-    async def _discard_blob(self, key: str) -> None:
-        """After a failed commit: remove the blob unless something still references it.
-
-        Content-addressed, the key may be shared: by a committed row (a fresh read
-        asks) or by an upload between its `put_file` and its commit (``_storing``).
-        The check of ``_storing`` and the unlink run with no await between them, so
-        no upload can start storing the same key in between. When the database cannot
-        say, the blob stays (the start-up sweep decides later). Never raises: the
-        caller re-raises the error that matters.
-        """
-        try:
-            async with self._db.read() as repo:
-                in_use = await repo.blob_in_use(key)
-        except Exception:
-            log.exception("could not check blob %s of an uncommitted update; it is kept", key)
-            return
-        if in_use or self._storing[key] > 1:
-            log.warning("update %s was not committed; its blob is shared, so kept", key)
-            return
-        try:
-            freed = self._blobs.remove(key)
-        except OSError:
-            log.exception("could not remove blob %s of an uncommitted update", key)
-            return
-        log.warning("update %s was not committed; its blob (%d bytes) is removed", key, freed)
 
     async def _precheck(self, site_id: int, run_id: str, number: int) -> Slot:
         """Run, membership, round state and a prior update: a read, before any body byte."""
@@ -333,7 +215,7 @@ class UpdateIntake:
         try:
             replay = await self._insert(live, site, site_id, body, header, moment)
         except Exception:
-            await self._discard_blob(body.sha256)
+            await self._pending.discard(body.sha256)
             raise
         if replay is not None:
             return replay

@@ -118,13 +118,13 @@ async def test_a_failed_insert_keeps_a_blob_a_committed_row_references(
 async def test_a_failed_insert_keeps_a_blob_another_upload_is_storing(
     harness: Harness,
 ) -> None:
-    intake = harness.app.state.services.intake
+    pending = harness.app.state.services.intake._pending
     key = app_blobs(harness).put_bytes(b"the same sealed bytes, twice in flight")
-    with intake._storing_blob(key), intake._storing_blob(key):
-        await intake._discard_blob(key)  # the other upload may commit it yet
+    with pending.storing(key), pending.storing(key):
+        await pending.discard(key)  # the other upload may commit it yet
     assert blob_path(harness.settings, key).is_file()
-    with intake._storing_blob(key):
-        await intake._discard_blob(key)  # only this one: nothing else can reference it
+    with pending.storing(key):
+        await pending.discard(key)  # only this one: nothing else can reference it
     assert not blob_path(harness.settings, key).exists()
 
 
