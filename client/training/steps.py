@@ -25,7 +25,7 @@ from client.training.crops import CropPool
 from client.training.devices import Precision, autocast, resolve_precision
 from client.training.site import SiteData
 from shared import models
-from shared.errors import DataError, TensorError
+from shared.errors import ConfigError, DataError, TensorError
 from shared.schemas import TrainingConfig
 from shared.tensors import Tensors, state_tensors
 
@@ -180,6 +180,8 @@ def train(
         raise DataError("no training cases after the train/validation split")
     model = build_model(model_name, model_params, weights)
     steps: Iterator[torch.Tensor]
+    if dp_sgd is not None and proximal_mu > 0:  # the server refuses such runs
+        raise ConfigError("FedProx's proximal term is not implemented with DP-SGD")
     if dp_sgd is not None:  # record-level DP-SGD (client/privacy/dp_sgd.py), same model
         from client.privacy.dp_sgd import private_training_steps
 
