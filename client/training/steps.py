@@ -174,14 +174,14 @@ def train(
     proximal_mu: float = 0.0,
 ) -> TrainResult:
     """Train from ``weights`` for ``config.local_steps`` steps on the site's training split."""
+    if dp_sgd is not None and proximal_mu > 0:  # the server refuses such runs
+        raise ConfigError("FedProx's proximal term is not implemented with DP-SGD")
     started = time.perf_counter()
     train_set, _ = data.split(config)
     if not train_set:
         raise DataError("no training cases after the train/validation split")
     model = build_model(model_name, model_params, weights)
     steps: Iterator[torch.Tensor]
-    if dp_sgd is not None and proximal_mu > 0:  # the server refuses such runs
-        raise ConfigError("FedProx's proximal term is not implemented with DP-SGD")
     if dp_sgd is not None:  # record-level DP-SGD (client/privacy/dp_sgd.py), same model
         from client.privacy.dp_sgd import private_training_steps
 
