@@ -211,8 +211,9 @@ class Coordinator:
     async def close(self, live: LiveRound) -> None:
         """Caller holds ``live.lock``: sign the consensus, store it, open the next round.
 
-        Retryable: the sum is only read, and nothing is committed before the bundle is
-        stored, so after a failure anywhere the next call starts over.
+        Retryable: the sum is only read, an optimiser's state is loaded from the
+        previous round each time (`closing`), and nothing is committed before the
+        bundle is stored, so after a failure anywhere the next call starts over.
         """
         started = time.perf_counter()
         async with self._db.transaction() as repo:
