@@ -99,7 +99,8 @@ class LocalTrainer:
         """Train with a seed drawn from the run, round and config: reproducible per round.
 
         With ``dp_sgd`` the steps are Opacus' DP-SGD (`client.privacy.dp_sgd`) at the
-        noise and sampling rate the site's decision priced.
+        noise and sampling rate the site's decision priced. The task's ``proximal_mu``
+        (FedProx) adds the proximal term to the loss.
         """
         self._log_split(task)
         digest = hashlib.sha256(f"{task.run_id}/{task.round}/{task.training.seed}".encode())
@@ -124,4 +125,5 @@ class LocalTrainer:
             precision=self.precision,
             on_step=StepMeter(label, task.training.local_steps),
             dp_sgd=dp_sgd,
+            proximal_mu=task.proximal_mu,
         )

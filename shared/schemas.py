@@ -485,6 +485,12 @@ class Task(WireModel):
     quorum: int = Field(
         default=1, ge=1, le=1000, description="sites a round needs (dp_fedavg noise share m)"
     )
+    proximal_mu: float = Field(
+        default=0.0,
+        ge=0,
+        le=1000,
+        description="FedProx: add mu/2 ||w - w_global||^2 to the local loss (0: none)",
+    )
     issued_at: datetime
 
 

@@ -25,7 +25,7 @@ from client.training.crops import CropPool
 from client.training.devices import Precision, autocast, resolve_precision
 from client.training.site import SiteData
 from shared import models
-from shared.errors import DataError, TensorError
+from shared.errors import ConfigError, DataError, TensorError
 from shared.schemas import TrainingConfig
 from shared.tensors import Tensors, state_tensors
 
@@ -174,6 +174,8 @@ def train(
     proximal_mu: float = 0.0,
 ) -> TrainResult:
     """Train from ``weights`` for ``config.local_steps`` steps on the site's training split."""
+    if dp_sgd is not None and proximal_mu > 0:  # the server refuses such runs
+        raise ConfigError("FedProx's proximal term is not implemented with DP-SGD")
     started = time.perf_counter()
     train_set, _ = data.split(config)
     if not train_set:

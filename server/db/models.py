@@ -132,6 +132,8 @@ class RoundRow(Base):
     closed_at: Mapped[datetime | None]
     weights_sha256: Mapped[str | None] = mapped_column(String(64))
     public_key: Mapped[str | None] = mapped_column(String(64))
+    server_state: Mapped[str | None] = mapped_column(String(64), default=None)
+    """Blob key of the server optimiser's state after this round (fedavgm, fedadam, fedyogi)."""
 
 
 class UpdateRow(Base):

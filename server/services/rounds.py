@@ -10,9 +10,10 @@ two is repaired by `resume` and nothing is counted twice.
 When a round is decided, given its uploads, declines and deadline, is `settling`'s
 verdict; `decide` acts on it (close, fail, or end the run ``budget_exhausted``).
 
-Closing is retryable: the consensus is computed without spending the sum, and
-nothing is committed until the bundle is stored, so a close that fails half-way
-(``aggregating`` in the database) is simply done again by the next tick.
+Closing is retryable: the consensus (`closing`: the live sum, or the run's strategy
+over the stored updates) is computed without spending the sum or the optimiser
+state, and nothing is committed until the bundle is stored, so a close that fails
+half-way (``aggregating`` in the database) is simply done again by the next tick.
 
 A single server process owns the rounds (per-round asyncio locks serialise the
 sum, the close and a stop); run one process per database.
@@ -34,19 +35,18 @@ from server.db.engine import Database
 from server.db.models import RoundRow, RunRow
 from server.db.repositories import Repository, run_config
 from server.metrics import Metrics
+from server.services import closing
 from server.services.auth import now
 from server.services.events import Notifier
 from server.services.keys import RoundKeys
 from server.services.live import LiveRound, live_round, version_row
-from server.services.publishing import build_bundle, load_bundle
+from server.services.publishing import load_bundle
 from server.services.transitions import change_status, run_finished
 from server.storage import BlobStore
 from shared import crypto
-from shared.arrays import Arrays, from_safetensors, to_safetensors
 from shared.bundle import Bundle
 from shared.errors import Conflict, NotFound
 from shared.schemas import RoundStatus, RunConfig, RunStatus
-from shared.updates import read_envelope_header, unseal_envelope
 
 log = logging.getLogger(__name__)
 
@@ -211,8 +211,9 @@ class Coordinator:
     async def close(self, live: LiveRound) -> None:
         """Caller holds ``live.lock``: sign the consensus, store it, open the next round.
 
-        Retryable: the sum is only read, and nothing is committed before the bundle is
-        stored, so after a failure anywhere the next call starts over.
+        Retryable: the sum is only read, an optimiser's state is loaded from the
+        previous round each time (`closing`), and nothing is committed before the
+        bundle is stored, so after a failure anywhere the next call starts over.
         """
         started = time.perf_counter()
         async with self._db.transaction() as repo:
@@ -223,14 +224,15 @@ class Coordinator:
         base = self._bundles.get(live.run_id)
         if base is None or base.version != live.number - 1:
             base = await load_bundle(self._db, self._blobs, live.run_id, live.number - 1)
-        bundle = await to_thread.run_sync(self._consensus, live, base)
+        closed = await closing.consensus(self._db, self._blobs, self._signing_key, live, base)
+        bundle = closed.bundle
         await to_thread.run_sync(self._blobs.put_bytes, bundle.data, bundle.sha256)
         last = live.number >= live.config.rounds
         next_key = None if last else self._keys.create(live.run_id, live.number + 1)
         moment = now()
         try:
             async with self._db.transaction() as repo:
-                next_row = await self._commit_close(repo, live, bundle, next_key, moment)
+                next_row = await self._commit_close(repo, live, closed, next_key, moment)
         except BaseException:
             if next_key is not None:
                 self._keys.delete(live.run_id, live.number + 1)
@@ -252,14 +254,16 @@ class Coordinator:
         self,
         repo: Repository,
         live: LiveRound,
-        bundle: Bundle,
+        closed: closing.Consensus,
         next_key: X25519PrivateKey | None,
         moment: datetime,
     ) -> RoundRow | None:
+        bundle = closed.bundle
         row = await repo.round(live.run_id, live.number)
         run = await repo.run(live.run_id)
         assert row is not None and run is not None
         change_status(row, RoundStatus.CLOSED, at=moment)
+        row.server_state = closed.server_state
         await repo.add_model_version(version_row(bundle, moment))
         await repo.audit(
             actor="server",
@@ -269,6 +273,7 @@ class Coordinator:
             updates=len(live.counted),
             total_weight=live.accumulator.total_weight,
             weights_sha256=bundle.manifest.weights_sha256,
+            **closed.detail,
         )
         if next_key is None:
             change_status(run, RunStatus.COMPLETED, at=moment)
@@ -279,16 +284,6 @@ class Coordinator:
         run.current_round = live.number + 1
         return await self._open_round(
             repo, live.run_id, live.number + 1, live.config, bundle, next_key, moment
-        )
-
-    def _consensus(self, live: LiveRound, base: Bundle) -> Bundle:
-        weights = to_safetensors(live.accumulator.consensus(base.arrays))
-        return build_bundle(
-            run_id=live.run_id,
-            version=live.number,
-            config=live.config,
-            weights=weights,
-            signing_key=self._signing_key,
         )
 
     async def _end(
@@ -368,7 +363,7 @@ class Coordinator:
                 continue
             live = live_round(row, config, members, key, bundle)
             for update in updates:
-                tensors = await to_thread.run_sync(self._reopen, update.blob, key)
+                tensors = await to_thread.run_sync(closing.reopen, self._blobs, update.blob, key)
                 live.accumulator.add(tensors, float(update.num_samples))
                 live.counted.add(update.site_id)
                 self._metrics.record_epsilon(
@@ -385,11 +380,3 @@ class Coordinator:
                 len(live.declined),
             )
         await self.tick()
-
-    def _reopen(self, blob: str, key: X25519PrivateKey) -> Arrays:
-        """Decrypt a stored update again (it passed every check when it was accepted)."""
-        with self._blobs.open(blob) as handle:
-            size = handle.seek(0, 2)
-            handle.seek(0)
-            envelope = read_envelope_header(handle, size)
-            return from_safetensors(unseal_envelope(handle, envelope, key))

@@ -15,6 +15,7 @@ from server.db.repositories import Repository, run_config
 from server.services.auth import Principal, now
 from server.services.events import Notifier
 from shared import routes
+from shared.aggregation import proximal_mu
 from shared.errors import Forbidden, InvalidInput, NotFound
 from shared.schemas import StatusReport, Task, TaskPoll
 from shared.tasks import sign_task
@@ -117,6 +118,7 @@ class TaskService:
                 privacy=config.privacy,
                 rounds=config.rounds,
                 quorum=config.quorum,
+                proximal_mu=proximal_mu(config.aggregation),
                 issued_at=now(),
             )
             return TaskPoll(

@@ -37,12 +37,26 @@ async def test_bad_aggregation_blocks_are_422_naming_the_field(harness: Harness)
         assert harness.snapshot() == before
 
 
-async def test_a_valid_strategy_is_refused_until_the_server_runs_it(harness: Harness) -> None:
-    """Schema-valid, but the rounds aggregate with FedAvg only: 422 naming the field."""
+async def test_a_valid_strategy_is_kept_with_the_run(harness: Harness) -> None:
+    """Every strategy is served now: the block comes back as it was given."""
     await harness.add_site("site-a")
-    before = harness.snapshot()
     block = {"strategy": "fedyogi", "server_learning_rate": 0.03, "weighting": "equal"}
     created = await harness.client.post(routes.RUNS, json=_run(block), headers=harness.admin)
+    assert created.status_code == 201, created.text
+    kept = created.json()["config"]["aggregation"]
+    assert {key: kept[key] for key in block} == block
+
+
+async def test_fedprox_under_dp_sgd_is_refused_naming_the_field(harness: Harness) -> None:
+    """The sites' DP-SGD steps have no proximal term: refused, not trained without it."""
+    await harness.add_site("site-a")
+    body = _run({"strategy": "fedprox", "mu": 0.1})
+    body["config"]["privacy"] = {"mechanism": "dp_sgd", "noise_multiplier": 1.0}
+    before = harness.snapshot()
+    created = await harness.client.post(routes.RUNS, json=body, headers=harness.admin)
     assert created.status_code == 422, created.text
     assert "config.aggregation" in created.json()["detail"]
     assert harness.snapshot() == before
+    body["config"]["aggregation"] = {"strategy": "fedprox", "mu": 0.0}  # no term: served
+    created = await harness.client.post(routes.RUNS, json=body, headers=harness.admin)
+    assert created.status_code == 201, created.text

@@ -130,3 +130,59 @@ def test_the_trainer_counts_training_cases_and_hands_dp_sgd_to_training(
     local.train(config, {}, dp_sgd=plan)
     local.train(config, {})
     assert seen == [plan, None]
+
+
+def test_the_trainer_hands_the_tasks_fedprox_mu_to_training(
+    phantoms32: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A FedProx task's mu reaches `train`, and a plain task trains without the term."""
+    data = load_site_data(discover(phantoms32).cases, tmp_path / "cache")
+    local = LocalTrainer(data, CPU)
+    seen: list[object] = []
+
+    def fake_train(*args: object, proximal_mu: float = 0.0, **kwargs: object) -> str:
+        seen.append(proximal_mu)
+        return "trained"
+
+    monkeypatch.setattr(trainer_module, "train", fake_train)
+    local.train(task(1).model_copy(update={"proximal_mu": 0.05}), {})
+    local.train(task(1), {})
+    assert seen == [0.05, 0.0]
+
+
+def test_a_fedprox_task_trains_closer_to_the_global_model(phantoms32: Path, tmp_path: Path) -> None:
+    """End to end through the trainer: mu > 0 pulls the local weights to the received ones."""
+    from shared import models
+    from shared.tensors import state_tensors
+
+    tiny = {"blocks_down": [1], "blocks_up": []}
+    data = load_site_data(discover(phantoms32).cases, tmp_path / "cache")
+    initial = state_tensors(models.build("segresnet-small", tiny, seed=0).state_dict())
+    plain_task = task(1, local_steps=3, batch_size=1, crop_size=16, learning_rate=1e-2)
+    plain_task = plain_task.model_copy(update={"model_params": tiny})
+    prox_task = plain_task.model_copy(update={"proximal_mu": 100.0})
+    local = LocalTrainer(data, CPU)
+
+    def drift(weights: dict[str, torch.Tensor]) -> float:
+        return sum(
+            float((weights[name].float() - initial[name].float()).pow(2).sum())
+            for name in initial
+            if initial[name].is_floating_point()
+        )
+
+    plain = local.train(plain_task, initial)
+    prox = local.train(prox_task, initial)
+    assert drift(prox.weights) < 0.5 * drift(plain.weights)
+
+
+def test_fedprox_with_dp_sgd_is_refused_rather_than_trained_without_the_term(
+    phantoms32: Path, tmp_path: Path
+) -> None:
+    from client.privacy.dp_sgd import DpSgdPlan
+    from shared.errors import ConfigError
+
+    data = load_site_data(discover(phantoms32).cases, tmp_path / "cache")
+    plan = DpSgdPlan(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.5)
+    fedprox = task(1, local_steps=1, crop_size=16).model_copy(update={"proximal_mu": 0.1})
+    with pytest.raises(ConfigError, match="proximal"):
+        LocalTrainer(data, CPU).train(fedprox, {}, dp_sgd=plan)
