@@ -309,13 +309,17 @@ class Repository:
 
     # --- blob references ---------------------------------------------------------------
     # Every column that names a blob key: an update's blob (its sha256 is the same key,
-    # kept too so a disagreement errs on keeping) and a model version's bundle.
+    # kept too so a disagreement errs on keeping), a model version's bundle, and a
+    # round's server-optimiser state.
 
     async def blob_keys(self) -> set[str]:
         """Every blob key a row references (the start-up sweep keeps exactly these)."""
         updates = await self.session.execute(select(UpdateRow.blob, UpdateRow.sha256))
         keys = {key for row in updates for key in row}
-        return keys | await self.bundle_keys()
+        states = await self.session.scalars(
+            select(RoundRow.server_state).where(RoundRow.server_state.is_not(None))
+        )
+        return keys | await self.bundle_keys() | {key for key in states.all() if key}
 
     async def blob_in_use(self, key: str) -> bool:
         """Whether any row references blob ``key``."""
@@ -327,7 +331,12 @@ class Repository:
         bundle = await self.session.scalar(
             select(ModelVersionRow.version).where(ModelVersionRow.bundle == key).limit(1)
         )
-        return bundle is not None
+        if bundle is not None:
+            return True
+        state = await self.session.scalar(
+            select(RoundRow.id).where(RoundRow.server_state == key).limit(1)
+        )
+        return state is not None
 
     # --- audit -------------------------------------------------------------------------
 
