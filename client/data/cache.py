@@ -102,10 +102,15 @@ def _triple(values: Sequence[Any], kind: Callable[[Any], _T]) -> tuple[_T, _T, _
 
 
 def _centres(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    points = np.argwhere(mask)
-    if len(points) > MAX_CENTRES:
-        points = points[rng.choice(len(points), MAX_CENTRES, replace=False)]
-    return points.astype(np.int32)
+    """Up to MAX_CENTRES voxels of ``mask``, as ``np.argwhere`` rows sampled by ``rng``.
+
+    Sampled as flat indices and unravelled after: the same points as sampling the
+    rows of ``np.argwhere(mask)``, without building millions of rows first.
+    """
+    flat = np.flatnonzero(mask)
+    if len(flat) > MAX_CENTRES:
+        flat = flat[rng.choice(len(flat), MAX_CENTRES, replace=False)]
+    return np.stack(np.unravel_index(flat, mask.shape), axis=1).astype(np.int32)
 
 
 class CaseCache:
@@ -198,10 +203,12 @@ class CaseCache:
     def _write(folder: Path, done: Preprocessed, records: list[dict[str, Any]]) -> dict[str, Any]:
         rng = np.random.default_rng(0)
         arrays = {
-            "image": done.image.astype(np.float16),
+            # C order: np.save writes a non-contiguous array element by element
+            # (1.5 s for a full-size image instead of 10 ms)
+            "image": done.image.astype(np.float16, order="C"),
             "label": done.label,
             "positive": _centres(done.label[1] > 0, rng),
-            "anywhere": _centres(np.abs(done.image).sum(0) > 0, rng),
+            "anywhere": _centres(np.any(done.image != 0, axis=0), rng),
         }
         if not np.isfinite(arrays["image"]).all():
             raise DataError(f"case {done.case_id} overflows float16 after normalisation")

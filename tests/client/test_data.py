@@ -354,3 +354,29 @@ def test_region_channels_from_integer_and_float_labels() -> None:
     identity = {0: 0, 1: 1, 2: 2, 4: 4}
     assert np.array_equal(regions_of(codes, identity), expected)
     assert np.array_equal(regions_of(codes.astype(np.float32) + 0.2, identity), expected)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8", "uint16", "int16", "int32", "float32"])
+def test_distinct_values_equal_numpy_unique(dtype: str) -> None:
+    from client.data.checks import distinct_values
+
+    rng = np.random.default_rng(1)
+    low = 0 if dtype.startswith("u") else -5
+    data = np.asfortranarray(rng.integers(low, 60, size=(7, 8, 9)).astype(dtype))
+    found = distinct_values(data)
+    assert found.dtype == np.unique(data).dtype
+    np.testing.assert_array_equal(found, np.unique(data))
+
+
+def test_sampled_centres_are_argwhere_rows_sampled_the_same_way() -> None:
+    from client.data.cache import MAX_CENTRES, _centres
+
+    mask = np.random.default_rng(2).random((40, 40, 40)) < 0.5  # ~32 000 > MAX_CENTRES voxels
+    points = np.argwhere(mask)
+    assert len(points) > MAX_CENTRES
+    expected = points[np.random.default_rng(0).choice(len(points), MAX_CENTRES, replace=False)]
+    np.testing.assert_array_equal(_centres(mask, np.random.default_rng(0)), expected)
+    small = np.zeros((3, 4, 5), dtype=bool)
+    small[1, 2, 3] = small[2, 0, 1] = True
+    np.testing.assert_array_equal(_centres(small, np.random.default_rng(0)), np.argwhere(small))
+    assert _centres(np.zeros((2, 2, 2), dtype=bool), np.random.default_rng(0)).shape == (0, 3)
