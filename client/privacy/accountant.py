@@ -12,6 +12,9 @@ to RDP where PRV cannot answer), over the whole history at once, which is tighte
 than adding rounds up. Pure ε spends add (basic composition), and the total is the
 sum of the two parts, which basic composition of an (ε₁, δ) and an (ε₂, 0) guarantee
 allows. No formula for the Gaussian part is written here.
+
+Opacus (and with it torch) is imported only when a spend is priced: the command line
+imports this module for its types, and `fedseg server serve` must stay torch-free.
 """
 
 from __future__ import annotations
@@ -22,9 +25,6 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
-
-from opacus.accountants import create_accountant
-from opacus.accountants.utils import get_noise_multiplier
 
 from shared.schemas import Mechanism
 
@@ -89,6 +89,8 @@ def _composed(
 def _compose(
     steps: tuple[tuple[float, float, int], ...], *, delta: float, accountant: GaussianAccountant
 ) -> float:
+    from opacus.accountants import create_accountant
+
     if accountant == "prv":
         try:
             prv = create_accountant(mechanism="prv")
@@ -121,6 +123,8 @@ def noise_for_target(
 
     Raises ``ValueError`` when no σ below Opacus' ceiling reaches the target.
     """
+    from opacus.accountants.utils import get_noise_multiplier
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Optimal order is", category=UserWarning)
         return float(

@@ -1,6 +1,6 @@
-"""The long-running server never imports torch or MONAI (~250 MB of RSS it would keep).
+"""The long-running server never imports torch, MONAI or Opacus (~250 MB of RSS it would keep).
 
-A fresh interpreter imports the app, creates it and runs a whole round through it
+A fresh interpreter imports the command line (as `fedseg server serve` does) and the app, creates it and runs a whole round through it
 (tests/api/torch_free_server.py); its ``sys.modules`` must hold neither package.
 Only the model worker's short-lived child process may load them.
 """

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+import fedseg.cli  # noqa: F401  `fedseg server serve` runs the server from the command line
 from server.app import create_app
 from server.bootstrap import init_data_dir
 from server.settings import Settings
@@ -30,7 +31,7 @@ from shared.schemas import SignedTask, UpdateHeader
 from shared.tasks import verify_task
 from shared.updates import seal_update_payload
 
-HEAVY = ("torch", "monai")
+HEAVY = ("torch", "monai", "opacus")
 TINY_MODEL = {"blocks_down": [1], "blocks_up": []}
 
 
