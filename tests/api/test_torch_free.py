@@ -1,7 +1,8 @@
 """The long-running server never imports torch, MONAI or Opacus (~250 MB of RSS it would keep).
 
-A fresh interpreter imports the command line (as `fedseg server serve` does) and the app, creates it and runs a whole round through it
-(tests/api/torch_free_server.py); its ``sys.modules`` must hold neither package.
+A fresh interpreter imports the command line (as `fedseg server serve` does) and the
+app, creates it and runs a whole round through it (tests/api/torch_free_server.py); its
+``sys.modules`` must hold none of them.
 Only the model worker's short-lived child process may load them.
 """
 
