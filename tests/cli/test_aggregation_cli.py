@@ -26,10 +26,17 @@ def test_runs_create_takes_each_strategy_from_a_file(admin, tmp_path):
         path = tmp_path / f"run-{index}.yaml"
         path.write_text(yaml.safe_dump({"sites": ["agg-a", "agg-b"], "aggregation": block}))
         result = admin("runs", "create", "-c", str(path), "--json")
-        # parsed and checked, then refused by the server: the rounds run FedAvg only so far
-        assert result.exit_code == 1, (result.stdout, result.stderr)
-        assert "config.aggregation" in result.stderr
-        assert "Traceback" not in result.stdout + result.stderr
+        assert result.exit_code == 0, (result.stdout, result.stderr)
+        kept = RunInfo.model_validate(json.loads(result.stdout)).config.aggregation
+        for field, value in block.items():  # the server runs the strategy asked for
+            assert getattr(kept, field) == value, (field, kept)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        yaml.safe_dump({"sites": ["agg-a", "agg-b"], "aggregation": {"strategy": "krum"}})
+    )
+    result = admin("runs", "create", "-c", str(bad), "--json")
+    assert result.exit_code != 0 and "aggregation" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
     plain = tmp_path / "plain.yaml"
     plain.write_text(yaml.safe_dump({"sites": ["agg-a", "agg-b"], "aggregation": {}}))
     result = admin("runs", "create", "-c", str(plain), "--json")
