@@ -13,6 +13,7 @@ import base64
 import secrets
 import socket
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -305,9 +306,12 @@ class Harness:
             self._engine.dispose()
 
 
-@pytest.fixture
-async def harness(initialised: Initialised) -> AsyncIterator[Harness]:
-    """The app with its lifespan running, and a client over the ASGI transport."""
+@asynccontextmanager
+async def serving(initialised: Initialised) -> AsyncIterator[Harness]:
+    """One server process's lifetime: the app, its lifespan, a client over ASGI.
+
+    Entered twice on the same data directory, it is a server restart.
+    """
     app = create_app(initialised.settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
@@ -317,6 +321,13 @@ async def harness(initialised: Initialised) -> AsyncIterator[Harness]:
                 yield harness
             finally:
                 harness.close()
+
+
+@pytest.fixture
+async def harness(initialised: Initialised) -> AsyncIterator[Harness]:
+    """The app with its lifespan running, and a client over the ASGI transport."""
+    async with serving(initialised) as running:
+        yield running
 
 
 def problem_code(response: httpx.Response) -> str:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,6 @@ import httpx
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from server.app import create_app
 from server.db.engine import Database, make_engine
 from server.db.models import UpdateRow
 from server.db.repositories import Repository
@@ -24,7 +21,7 @@ from server.services.blob_sweep import SweepResult, sweep_unreferenced_blobs
 from server.settings import Settings
 from server.storage import BlobStore, FileBlobStore
 from shared import routes
-from tests.api.conftest import Harness, Initialised, Site, problem_code
+from tests.api.conftest import Harness, Initialised, Site, problem_code, serving
 
 pytestmark = pytest.mark.anyio
 
@@ -164,20 +161,6 @@ async def test_the_sweep_deletes_nothing_when_the_database_cannot_be_read(
     finally:
         await db.close()
     assert list(blobs.keys()) == [key]
-
-
-@asynccontextmanager
-async def serving(initialised: Initialised) -> AsyncIterator[Harness]:
-    """The app over ASGI, its lifespan running: one server process, started and stopped."""
-    app = create_app(initialised.settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://fedseg.test") as client:
-            harness = Harness(app, client, initialised.settings, initialised.admin_token)
-            try:
-                yield harness
-            finally:
-                harness.close()
 
 
 async def test_the_server_sweeps_unreferenced_blobs_at_start(

@@ -7,22 +7,18 @@ reference of the strategy, and FedAdam's state against a restart of the server.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 from sqlalchemy import create_engine, text
 
-from server.app import create_app
 from server.db.engine import sync_url
 from server.services.strategies import ServerState, aggregate, from_memory
 from shared.aggregation import FedAdam
 from shared.arrays import Arrays
 from shared.tensors import Tensors
-from tests.api.conftest import Harness, Initialised, Site
+from tests.api.conftest import Harness, Initialised, Site, serving
 
 pytestmark = pytest.mark.anyio
 
@@ -121,20 +117,6 @@ async def test_capped_weighting_gives_a_huge_claim_at_most_its_share(harness: Ha
         assert not np.allclose(consensus[name], array + by_cases, rtol=0, atol=1e-6)
 
 
-@asynccontextmanager
-async def _serving(initialised: Initialised) -> AsyncIterator[Harness]:
-    """One server process's lifetime over the same data directory and database."""
-    app = create_app(initialised.settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            harness = Harness(app, client, initialised.settings, initialised.admin_token)
-            try:
-                yield harness
-            finally:
-                harness.close()
-
-
 def _adam_reference(
     config: FedAdam, base: Arrays, rounds: list[tuple[list[Arrays], list[int]]]
 ) -> list[Arrays]:
@@ -169,7 +151,7 @@ async def test_fedadam_state_persists_and_survives_a_restart_mid_run(
     block: dict[str, Any] = {"strategy": "fedadam", "server_learning_rate": 0.05, "tau": 0.01}
     config = FedAdam.model_validate(block)
     counts = [4, 12, 30]
-    async with _serving(initialised) as first:
+    async with serving(initialised) as first:
         sites = [await first.add_site(f"site-{index}") for index in range(3)]
         run_id = await first.create_run(sites, rounds=2, aggregation=block)
         base = _numpy(await first.model(run_id, 0))
@@ -178,7 +160,7 @@ async def test_fedadam_state_persists_and_survives_a_restart_mid_run(
         round_2 = await _round(first, sites[:1], run_id, 2, counts[:1], seed=31)
         states = _server_states(first)
         assert states[0][1] is not None and states[1] == (2, None)
-    async with _serving(initialised) as second:
+    async with serving(initialised) as second:
         for index, site in enumerate(sites[1:], start=1):
             round_2 += await _round(second, [site], run_id, 2, [counts[index]], seed=31 + index)
         version_2 = _numpy(await second.model(run_id, 2))
