@@ -34,6 +34,7 @@ from fedseg.simulate_procs import (
     wait_ready,
 )
 from shared import crypto
+from shared.aggregation import AggregationConfig, FedAvg
 from shared.errors import ConfigError, FedsegError, InvalidInput, Unavailable
 from shared.schemas import (
     PlainPrivacy,
@@ -73,6 +74,7 @@ class SimulationConfig:
     poll_wait_s: float = 5.0
     heterogeneity: str = "none"  # client.phantoms.HETEROGENEITY; strong: 4/12/30 cases…
     privacy: PrivacyConfig = field(default_factory=PlainPrivacy)  # the run's privacy block
+    aggregation: AggregationConfig = field(default_factory=FedAvg)  # the run's strategy
     site_max_epsilon: float | None = None  # each simulated site's policy budget
 
     @property
@@ -99,6 +101,7 @@ class SimulationConfig:
                 seed=self.seed,
             ),
             privacy=self.privacy,
+            aggregation=self.aggregation,
             seed=self.seed,
         )
 

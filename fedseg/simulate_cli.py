@@ -38,6 +38,7 @@ from fedseg.report import (
     write_report,
 )
 from fedseg.simulate import Federation, SimulationConfig, prepare_workdir
+from fedseg.simulate_aggregation import parse_aggregation
 from fedseg.simulate_privacy import parse_privacy, simulated_policy
 from fedseg.simulate_procs import TerminationRequested, sigterm_as_interrupt
 from shared import crypto, routes
@@ -133,6 +134,16 @@ def simulate(
             metavar="FILE|MECHANISM",
         ),
     ] = "none",
+    aggregation: Annotated[
+        str,
+        typer.Option(
+            "--aggregation",
+            help="A strategy (fedavg, fedprox, fedavgm, fedadam, fedyogi, trimmed_mean, "
+            "median; schema defaults, see docs/strategies.md) or a JSON/TOML file with the "
+            "run's aggregation block.",
+            metavar="FILE|STRATEGY",
+        ),
+    ] = "fedavg",
     site_max_epsilon: Annotated[
         float | None,
         typer.Option(
@@ -165,6 +176,7 @@ def simulate(
             client_threads=client_threads,
             heterogeneity=heterogeneity,
             privacy=parse_privacy(privacy),
+            aggregation=parse_aggregation(aggregation),
             site_max_epsilon=site_max_epsilon,
         )
         simulated_policy(site_max_epsilon)  # validate before starting anything

@@ -53,7 +53,12 @@ def parse_privacy(value: str) -> PrivacyConfig:
             f"--privacy {value!r} is neither a mechanism ({', '.join(MECHANISMS)}) nor a "
             "file; name one of those, or a JSON or TOML file holding a privacy block"
         )
-    block = _read_block(path)
+    block = read_block(
+        path,
+        option="--privacy",
+        key="privacy",
+        example='{"mechanism": "dp_sgd", "target_epsilon": 8}',
+    )
     try:
         return _ADAPTER.validate_python(block)
     except ValidationError as exc:
@@ -65,7 +70,11 @@ def parse_privacy(value: str) -> PrivacyConfig:
         ) from None
 
 
-def _read_block(path: Path) -> Any:
+def read_block(path: Path, *, option: str, key: str, example: str) -> Any:
+    """The ``key`` block of a JSON or TOML file given to ``option`` (or the whole file).
+
+    ``example`` is shown when the file does not parse, as a block one could write.
+    """
     text = path.read_bytes()
     try:
         if path.suffix.lower() == ".toml":
@@ -75,13 +84,13 @@ def _read_block(path: Path) -> Any:
     except (ValueError, UnicodeDecodeError) as exc:
         kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
         raise InvalidInput(
-            f"--privacy {path} is not valid {kind} ({exc}); write the privacy block as a "
-            '.json object such as {"mechanism": "dp_sgd", "target_epsilon": 8} or a .toml table'
+            f"{option} {path} is not valid {kind} ({exc}); write the {key} block as a "
+            f".json object such as {example} or a .toml table"
         ) from None
-    if isinstance(document, dict) and isinstance(document.get("privacy"), dict):
-        document = document["privacy"]
+    if isinstance(document, dict) and isinstance(document.get(key), dict):
+        document = document[key]
     if not isinstance(document, dict):
-        raise InvalidInput(f"--privacy {path} must hold an object (the privacy block)")
+        raise InvalidInput(f"{option} {path} must hold an object (the {key} block)")
     return document
 
 

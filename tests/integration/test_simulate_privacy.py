@@ -1,11 +1,8 @@
-"""``fedseg simulate --privacy`` end to end over loopback: ε per site per round, and a budget stop.
+"""``fedseg simulate --privacy`` and ``--aggregation`` end to end over loopback.
 
-NEEDS THE SERVER HALF OF ISSUE 11 (the decline route, the stored ε entry, rounds settled
-with declines, runs ending ``budget_exhausted``, DP mechanisms served). Until that is
-merged the server refuses every DP run (`server.services.served.refuse_unserved`) and
-these tests skip, saying so; after the merge they run like the rest of this tier.
-Kept tiny (2 sites, 4 phantom cases each at 24³, segresnet-small with 8 filters, crops
-of 16, 2 local steps) so each takes well under a minute of CPU.
+ε per site per round, a budget stop, and a run that closes its rounds with a robust
+strategy. Kept tiny (2 sites, 4 phantom cases each at 24³, segresnet-small with 8
+filters, crops of 16, 2 local steps) so each takes well under a minute of CPU.
 """
 
 from __future__ import annotations
@@ -18,34 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from fedseg.simulate_privacy import PHANTOM_DEFAULTS
 from fedseg.simulate_procs import child_environment, fedseg_command
-from shared.errors import InvalidInput
-from shared.schemas import RunConfig
 
 SMALL = [
     "--sites", "2", "--size", "24", "--cases-per-site", "4", "--local-steps", "2",
     "--crop-size", "16", "--batch-size", "1", "--model-param", "init_filters=8",
 ]  # fmt: skip
 SITES = ("site-1", "site-2")
-
-
-def _server_runs_dp() -> bool:
-    try:
-        from server.services.served import refuse_unserved
-    except ImportError:  # the gate is gone: the server runs what the schema accepts
-        return True
-    try:
-        refuse_unserved(RunConfig(sites=list(SITES), privacy=PHANTOM_DEFAULTS["dp_sgd"]))
-    except InvalidInput:
-        return False
-    return True
-
-
-pytestmark = pytest.mark.skipif(
-    not _server_runs_dp(),
-    reason="needs the server half of issue 11 (w-server): this server refuses DP runs",
-)
 
 
 def _simulate(workdir: Path, *extra: str) -> tuple[int, str]:
@@ -117,3 +93,13 @@ def test_a_tiny_site_budget_ends_the_run_budget_exhausted_with_each_sites_reason
     assert report["privacy"]["final_epsilon"] == {
         site: pytest.approx(4.7285, rel=1e-3) for site in SITES
     }
+
+
+def test_simulate_aggregation_runs_the_strategy_at_every_round_close(tmp_path: Path) -> None:
+    workdir = tmp_path / "median"
+    code, out = _simulate(workdir, "--rounds", "2", "--aggregation", "median")
+    assert code == 0, out[-4000:]
+    report = json.loads((workdir / "report.json").read_text())
+    assert report["run"]["status"] == "completed"
+    assert report["run"]["config"]["aggregation"]["strategy"] == "median"
+    assert [entry["updates"] for entry in report["rounds"]] == [list(SITES)] * 2
