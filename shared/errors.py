@@ -17,7 +17,8 @@ Tree (the HTTP status in brackets)::
     ├── NotFound [404]              not_found, unknown_run, unknown_site, unknown_round
     ├── Conflict [409]              conflict, round_not_open, round_closed, update_conflict,
     │                               stale_round, site_exists, run_state, round_state,
-    │                               secagg_threshold, secagg_refused, decline_conflict
+    │                               secagg_threshold, secagg_refused, decline_conflict,
+    │                               not_a_participant
     ├── PayloadTooLarge [413]       payload_too_large
     ├── RateLimited [429]           rate_limited
     ├── IntegrityError [400]        bad_signature, decryption_failed, hash_mismatch,
@@ -113,6 +114,7 @@ class Conflict(FedsegError):
         "secagg_threshold",  # too few survivors hold shares to unmask a round's sum
         "secagg_refused",  # a site refuses an unmask request that would reveal one input
         "decline_conflict",  # a decline disagrees with what the site already did this round
+        "not_a_participant",  # the site was sampled out of this round (sites_per_round)
     )
 
 

@@ -259,6 +259,12 @@ class RunConfig(WireModel):
     min_sites: int | None = Field(
         default=None, ge=1, description="quorum after the deadline; capped at the number of sites"
     )
+    sites_per_round: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="sites sampled into each round (seeded, recorded); None: every member",
+    )
     round_timeout_s: float = Field(default=3600.0, gt=0, le=7 * 24 * 3600)
     aggregation: AggregationConfig = Field(default_factory=FedAvg)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
@@ -286,6 +292,7 @@ class RunConfig(WireModel):
         if self.min_sites is not None and self.min_sites > len(self.sites):
             # Schema-valid, so accepted: a quorum above the number of sites means all of them.
             object.__setattr__(self, "min_sites", len(self.sites))
+        self._check_sites_per_round()
         if self.secure_aggregation is not None:
             check_run(
                 self.secure_aggregation,
@@ -296,10 +303,23 @@ class RunConfig(WireModel):
             check_available()
         return self
 
+    def _check_sites_per_round(self) -> None:
+        """A round samples at least the quorum and at most every member: else it cannot close."""
+        k = self.sites_per_round
+        if k is None:
+            return
+        if k > len(self.sites):
+            raise ValueError(f"sites_per_round ({k}) must be at most the {len(self.sites)} sites")
+        if self.min_sites is not None and k < self.min_sites:
+            raise ValueError(f"sites_per_round ({k}) must be at least min_sites ({self.min_sites})")
+        if self.secure_aggregation is not None:
+            # Pairwise masks are agreed among all the run's sites, not a round's sample.
+            raise ValueError("sites_per_round cannot be combined with secure_aggregation yet")
+
     @property
     def quorum(self) -> int:
-        """Sites needed once the deadline has passed (all of them by default)."""
-        return self.min_sites or len(self.sites)
+        """Sites needed once the deadline has passed (all of a round's sample by default)."""
+        return self.min_sites or self.sites_per_round or len(self.sites)
 
 
 class RunStatus(StrEnum):
@@ -336,6 +356,7 @@ SiteState = Literal[
     "error",
     "stopped",  # the agent was stopped (Ctrl-C, docker stop); the round resumes on restart
     "declined",  # the site signed a decline for this round (reason in ``decline_reason``)
+    "sampled_out",  # not sampled into this round (``sites_per_round``): nothing is owed
     "offline",  # silent for longer than the server's site_offline_after_s
 ]
 
@@ -388,6 +409,9 @@ class RoundInfo(WireModel):
     deadline: datetime | None
     closed_at: datetime | None
     weights_sha256: str | None
+    participants: list[str] | None = Field(
+        default=None, description="the sites sampled into this round; None: every member"
+    )
     sites: list[SiteProgress] = Field(default_factory=list)
 
 

@@ -134,6 +134,8 @@ class RoundRow(Base):
     public_key: Mapped[str | None] = mapped_column(String(64))
     server_state: Mapped[str | None] = mapped_column(String(64), default=None)
     """Blob key of the server optimiser's state after this round (fedavgm, fedadam, fedyogi)."""
+    participants: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    """Names of the sites sampled into this round (``sites_per_round``); NULL: every member."""
 
 
 class UpdateRow(Base):

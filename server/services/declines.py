@@ -23,6 +23,7 @@ from server.db.repositories import Repository
 from server.metrics import Metrics
 from server.services.auth import Principal, now
 from server.services.live import LiveRound
+from server.services.participants import require_participant
 from server.services.rounds import Coordinator, find_run
 from shared import crypto
 from shared.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -94,6 +95,9 @@ class DeclineService:
         earlier = await decline_of(repo, row.id, site_id)
         if earlier is not None:
             return _same(earlier, decline, run_id, number)
+        me = await repo.site_by_id(site_id)
+        assert me is not None
+        require_participant(row, me.name)
         if await repo.update_of(row.id, site_id) is not None:
             raise Conflict(
                 f"this site already sent an update for round {number}", code="decline_conflict"

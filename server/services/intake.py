@@ -36,6 +36,7 @@ from server.services.envelopes import ReceivedBody, peek_header, receive_body, v
 from server.services.headers import check_header
 from server.services.live import LiveRound
 from server.services.norms import check_norm
+from server.services.participants import require_participant
 from server.services.pending_blobs import PendingBlobs
 from server.services.rounds import Coordinator, find_run
 from server.storage import BlobStore
@@ -183,6 +184,7 @@ class UpdateIntake:
                 )
                 if existing is not None:
                     return slot
+                require_participant(row, site_row.name)
                 if await decline_of(repo, row.id, site_id) is not None:
                     raise _declined(number)
                 if row.status == RoundStatus.CREATED:

@@ -1,7 +1,8 @@
 """An open round in memory, and the database row of the model version a round produces.
 
 Intake checks updates against the live round, declines leave a site out of it,
-closing sums it up; `verdict` says when (`settling`).
+closing sums it up; `verdict` says when (`settling`). A round waits only for its
+participants (`participants`, ``sites_per_round``); a member sampled out owes nothing.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ class LiveRound:
     number: int
     config: RunConfig
     members: dict[int, str]
+    """Every member site of the run (id -> name): the next round samples from these."""
+    participants: dict[int, str]
+    """The members sampled into this round (``rounds.participants``): the ones it waits for."""
     private_key: X25519PrivateKey
     base_weights_sha256: str
     spec: list[TensorSpec]
@@ -46,13 +50,13 @@ class LiveRound:
 
     @property
     def complete(self) -> bool:
-        """Every member site has uploaded (its update is in the sum) or declined."""
-        return len(self.counted) + len(self.declined) >= len(self.members)
+        """Every participant has uploaded (its update is in the sum) or declined."""
+        return len(self.counted) + len(self.declined) >= len(self.participants)
 
     def verdict(self, moment: datetime) -> Verdict:
         """What to do with the round now (`settling.settle_verdict`)."""
         return settle_verdict(
-            members=self.members,
+            members=self.participants,
             uploaded=self.counted,
             declined=self.declined,
             quorum=self.config.quorum,
@@ -67,14 +71,20 @@ def live_round(
     key: X25519PrivateKey,
     base: Bundle,
 ) -> LiveRound:
-    """The live round of ``row``, training from ``base``, with an empty sum."""
+    """The live round of ``row``, training from ``base``, with an empty sum.
+
+    Its participants are the members ``row.participants`` names (all for NULL).
+    """
     assert row.deadline is not None
+    sampled = None if row.participants is None else set(row.participants)
+    chosen = {key: name for key, name in members.items() if sampled is None or name in sampled}
     return LiveRound(
         round_id=row.id,
         run_id=row.run_id,
         number=row.number,
         config=config,
         members=members,
+        participants=chosen,
         private_key=key,
         base_weights_sha256=base.manifest.weights_sha256,
         spec=list(base.manifest.tensors),

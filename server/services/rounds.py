@@ -40,6 +40,7 @@ from server.services.auth import now
 from server.services.events import Notifier
 from server.services.keys import RoundKeys
 from server.services.live import LiveRound, live_round, version_row
+from server.services.participants import round_sample
 from server.services.publishing import load_bundle
 from server.services.transitions import change_status, run_finished
 from server.storage import BlobStore
@@ -113,13 +114,13 @@ class Coordinator:
                 run = await find_run(repo, run_id)
                 config = run_config(run)
                 await repo.add_model_version(version_row(bundle, moment))
-                row = await self._open_round(repo, run_id, 1, config, bundle, key, moment)
+                members = {site.id: site.name for site in await repo.run_sites(run_id)}
+                row = await self._open_round(repo, run_id, 1, config, members, bundle, key, moment)
                 change_status(run, RunStatus.RUNNING, at=moment)
                 run.current_round = 1
                 await repo.audit(
                     actor=actor, action="run.started", target=f"run:{run_id}", now=moment
                 )
-                members = {site.id: site.name for site in await repo.run_sites(run_id)}
         except BaseException:
             self._keys.delete(run_id, 1)
             raise
@@ -149,10 +150,13 @@ class Coordinator:
         run_id: str,
         number: int,
         config: RunConfig,
+        members: dict[int, str],
         bundle: Bundle,
         key: X25519PrivateKey,
         moment: datetime,
     ) -> RoundRow:
+        """Add round ``number``, open, with its sample of ``members`` on record."""
+        sample = round_sample(config, members.values(), run_id=run_id, round_number=number)
         row = await repo.add_round(
             RoundRow(
                 run_id=run_id,
@@ -162,11 +166,12 @@ class Coordinator:
                 deadline=moment + timedelta(seconds=config.round_timeout_s),
                 weights_sha256=bundle.manifest.weights_sha256,
                 public_key=base64.b64encode(crypto.public_bytes(key.public_key())).decode(),
+                participants=sample,
             )
         )
-        await repo.audit(
-            actor="server", action="round.opened", target=f"run:{run_id}/round:{number}", now=moment
-        )
+        detail = {} if sample is None else {"participants": sample}
+        target = f"run:{run_id}/round:{number}"
+        await repo.audit(actor="server", action="round.opened", target=target, now=moment, **detail)
         return row
 
     # --- settling ----------------------------------------------------------------------
@@ -283,7 +288,7 @@ class Coordinator:
             return None
         run.current_round = live.number + 1
         return await self._open_round(
-            repo, live.run_id, live.number + 1, live.config, bundle, next_key, moment
+            repo, live.run_id, live.number + 1, live.config, live.members, bundle, next_key, moment
         )
 
     async def _end(

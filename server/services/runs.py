@@ -19,6 +19,7 @@ from server.db.models import RunRow
 from server.db.repositories import model_version_info, run_config, run_info
 from server.services.auth import Principal, now
 from server.services.model_worker import build_in_worker
+from server.services.participants import takes_part
 from server.services.publishing import build_bundle, check_model, initial_weights, read_bundle
 from server.services.rounds import Coordinator, find_run
 from server.services.served import refuse_unserved
@@ -187,7 +188,13 @@ class RunService:
                 update = updates.get(site.id)
                 report = progress.get(site.id)
                 declined = declines.get(site.id)
-                if update is not None:
+                if not takes_part(row, site.name):
+                    sites.append(
+                        SiteProgress(
+                            site=site.name, state="sampled_out", last_seen_at=site.last_seen_at
+                        )
+                    )
+                elif update is not None:
                     sites.append(
                         SiteProgress.model_validate(
                             {
@@ -242,6 +249,7 @@ class RunService:
                     "deadline": row.deadline,
                     "closed_at": row.closed_at,
                     "weights_sha256": row.weights_sha256,
+                    "participants": row.participants,
                     "sites": sites,
                 }
             )

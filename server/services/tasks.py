@@ -14,6 +14,7 @@ from server.db.models import RunRow
 from server.db.repositories import Repository, run_config
 from server.services.auth import Principal, now
 from server.services.events import Notifier
+from server.services.participants import takes_part
 from shared import routes
 from shared.aggregation import proximal_mu
 from shared.errors import Forbidden, InvalidInput, NotFound
@@ -95,8 +96,8 @@ class TaskService:
             if run.current_round is None:
                 continue
             row = await repo.round(run.id, run.current_round)
-            if row is None or row.status != "open":
-                continue
+            if row is None or row.status != "open" or not takes_part(row, site.name):
+                continue  # a site sampled out of the round owes it nothing
             if await repo.update_of(row.id, site.site_id) is not None:
                 continue
             if await decline_of(repo, row.id, site.site_id) is not None:

@@ -25,7 +25,7 @@ TIMING_PARTS: Final = (
     ("seal", "time_seal"),
 )
 OPEN_STATES: Final = frozenset({"created", "open", "aggregating"})
-DONE_SITE_STATES: Final = frozenset({"uploaded", "declined"})
+DONE_SITE_STATES: Final = frozenset({"uploaded", "declined", "sampled_out"})
 
 
 @dataclass(frozen=True, slots=True)
