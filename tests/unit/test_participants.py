@@ -71,3 +71,10 @@ def test_a_bad_sites_per_round_is_refused_naming_the_field(
 ) -> None:
     with pytest.raises(ValidationError, match=message):
         RunConfig.model_validate({"sites": MEMBERS[:3], **fields})
+
+
+def test_sites_per_round_is_refused_with_secure_aggregation() -> None:
+    """The masks are agreed among all the run's sites, not a round's sample."""
+    data = {"sites": MEMBERS[:5], "min_sites": 4, "sites_per_round": 4, "secure_aggregation": {}}
+    with pytest.raises(ValidationError, match="sites_per_round cannot be combined"):
+        RunConfig.model_validate(data)
