@@ -147,6 +147,7 @@ STATUS_STYLES: Mapping[str, str] = {
     "offline": "bold yellow",
     "cancelled": "red",
     "declined": "yellow",
+    "sampled_out": "dim",
     "budget_exhausted": "bold yellow",
 }
 
