@@ -69,6 +69,7 @@ class SimulationConfig:
     eval_max_cases: int = 4
     round_timeout_s: float = 900.0
     min_sites: int | None = None
+    sites_per_round: int | None = None  # partial participation: k sampled sites a round
     seed: int = 0
     client_threads: int = 1
     poll_wait_s: float = 5.0
@@ -90,6 +91,7 @@ class SimulationConfig:
             rounds=self.rounds,
             sites=self.site_names,
             min_sites=self.min_sites,
+            sites_per_round=self.sites_per_round,
             round_timeout_s=self.round_timeout_s,
             training=TrainingConfig(
                 local_steps=self.local_steps,

@@ -91,6 +91,15 @@ def simulate(
     learning_rate: Annotated[
         float, typer.Option("--learning-rate", help="Adam learning rate at each site.")
     ] = 2e-3,
+    sites_per_round: Annotated[
+        int | None,
+        typer.Option(
+            "--sites-per-round",
+            min=1,
+            help="Sample this many sites each round (seeded, recorded; docs/strategies.md).",
+            show_default="all sites",
+        ),
+    ] = None,
     min_sites: Annotated[
         int | None,
         typer.Option(
@@ -171,6 +180,7 @@ def simulate(
             batch_size=batch_size,
             learning_rate=learning_rate,
             min_sites=min_sites,
+            sites_per_round=sites_per_round,
             round_timeout_s=round_timeout,
             seed=seed,
             client_threads=client_threads,

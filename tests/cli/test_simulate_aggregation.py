@@ -1,4 +1,4 @@
-"""``fedseg simulate --aggregation FILE|strategy``: parsed into the run config, or refused."""
+"""``fedseg simulate --aggregation`` and ``--sites-per-round``: into the run config, or refused."""
 
 from __future__ import annotations
 
@@ -66,4 +66,16 @@ def test_the_run_config_carries_the_block_and_the_cli_refuses_a_bad_one(tmp_path
         env={"COLUMNS": "200"},
     )  # fmt: skip
     assert result.exit_code == 1 and "neither a strategy" in result.output
+    assert not workdir.exists()
+
+
+def test_sites_per_round_reaches_the_run_config_and_a_bad_one_is_refused(tmp_path: Path) -> None:
+    config = SimulationConfig(workdir=tmp_path, sites=3, sites_per_round=2)
+    assert config.run_config().sites_per_round == 2
+    workdir = tmp_path / "sim"
+    result = CliRunner().invoke(
+        app, ["simulate", "--workdir", str(workdir), "--sites", "2", "--sites-per-round", "3"],
+        env={"COLUMNS": "200"},
+    )  # fmt: skip
+    assert result.exit_code == 1 and "sites_per_round" in result.output
     assert not workdir.exists()
