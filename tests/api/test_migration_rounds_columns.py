@@ -1,8 +1,10 @@
-"""Migration 0005_server_state: ``rounds.server_state`` comes and goes cleanly, keeps the
-rounds it finds, and after it the database is exactly what the models describe."""
+"""Migrations that add a column to ``rounds`` (0005 ``server_state``, 0006 ``participants``):
+each comes and goes cleanly, keeps the rounds it finds, and after it the database is
+exactly what the models describe."""
 
 from __future__ import annotations
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
@@ -19,17 +21,23 @@ def _columns(engine: object) -> set[str]:
         return {column["name"] for column in inspect(connection).get_columns("rounds")}
 
 
-def test_0005_downgrades_and_upgrades_and_matches_the_models(initialised: Initialised) -> None:
+@pytest.mark.parametrize(
+    ("column", "before"),
+    [("server_state", "0004_privacy"), ("participants", "0005_server_state")],
+)
+def test_the_migration_adding_a_rounds_column_downgrades_and_upgrades(
+    initialised: Initialised, column: str, before: str
+) -> None:
     url = sync_url(initialised.settings.database_url)
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     engine = create_engine(url)
     try:
-        assert "server_state" in _columns(engine)
-        command.downgrade(config, "0004_privacy")
+        assert column in _columns(engine)
+        command.downgrade(config, before)
         engine.dispose()  # pooled SQLite connections keep the schema they first read
-        assert "server_state" not in _columns(engine)
+        assert column not in _columns(engine)
         with engine.begin() as connection:  # a run and a round from before the migration
             connection.execute(
                 text(
@@ -43,7 +51,7 @@ def test_0005_downgrades_and_upgrades_and_matches_the_models(initialised: Initia
         command.upgrade(config, "head")
         engine.dispose()
         with engine.connect() as connection:
-            rows = connection.execute(text("SELECT number, server_state FROM rounds")).all()
+            rows = connection.execute(text(f"SELECT number, {column} FROM rounds")).all()
             assert [tuple(row) for row in rows] == [(1, None)]
             diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
             assert diff == []
