@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final, get_args
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 
-from fedseg.simulate_privacy import read_block
+from fedseg.run_blocks import block_from_file
 from shared.aggregation import AggregationConfig
 from shared.errors import InvalidInput
 
@@ -34,18 +34,12 @@ def parse_aggregation(value: str) -> AggregationConfig:
             f"--aggregation {value!r} is neither a strategy ({', '.join(STRATEGIES)}) nor a "
             "file; name one of those, or a JSON or TOML file holding an aggregation block"
         )
-    block = read_block(
+    return block_from_file(
         path,
+        _ADAPTER,
         option="--aggregation",
         key="aggregation",
+        tags=STRATEGIES,
         example='{"strategy": "trimmed_mean", "trim_fraction": 0.2}',
+        docs="docs/strategies.md lists each strategy's fields",
     )
-    try:
-        return _ADAPTER.validate_python(block)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"] if str(part) not in STRATEGIES)
-        raise InvalidInput(
-            f"--aggregation {path}: aggregation{'.' + where if where else ''}: {error['msg']}; "
-            "fix that field (docs/strategies.md lists each strategy's fields)"
-        ) from None

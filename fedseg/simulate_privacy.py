@@ -13,14 +13,13 @@ budget (and no plain rounds, which a budget cannot count).
 
 from __future__ import annotations
 
-import json
-import tomllib
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from pydantic import TypeAdapter, ValidationError
 
 from client.privacy.policy import SitePolicy
+from fedseg.run_blocks import block_from_file
 from shared.errors import InvalidInput
 from shared.schemas import (
     MECHANISMS,
@@ -53,45 +52,15 @@ def parse_privacy(value: str) -> PrivacyConfig:
             f"--privacy {value!r} is neither a mechanism ({', '.join(MECHANISMS)}) nor a "
             "file; name one of those, or a JSON or TOML file holding a privacy block"
         )
-    block = read_block(
+    return block_from_file(
         path,
+        _ADAPTER,
         option="--privacy",
         key="privacy",
+        tags=MECHANISMS,
         example='{"mechanism": "dp_sgd", "target_epsilon": 8}',
+        docs="docs/privacy.md lists each mechanism's fields",
     )
-    try:
-        return _ADAPTER.validate_python(block)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"] if str(part) not in MECHANISMS)
-        raise InvalidInput(
-            f"--privacy {path}: {'privacy.' + where if where else 'privacy'}: {error['msg']}; "
-            "fix that field (docs/privacy.md lists each mechanism's fields)"
-        ) from None
-
-
-def read_block(path: Path, *, option: str, key: str, example: str) -> Any:
-    """The ``key`` block of a JSON or TOML file given to ``option`` (or the whole file).
-
-    ``example`` is shown when the file does not parse, as a block one could write.
-    """
-    text = path.read_bytes()
-    try:
-        if path.suffix.lower() == ".toml":
-            document: Any = tomllib.loads(text.decode())
-        else:
-            document = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
-        raise InvalidInput(
-            f"{option} {path} is not valid {kind} ({exc}); write the {key} block as a "
-            f".json object such as {example} or a .toml table"
-        ) from None
-    if isinstance(document, dict) and isinstance(document.get(key), dict):
-        document = document[key]
-    if not isinstance(document, dict):
-        raise InvalidInput(f"{option} {path} must hold an object (the {key} block)")
-    return document
 
 
 def simulated_policy(max_epsilon: float | None) -> SitePolicy:
