@@ -18,6 +18,7 @@ non-private FedAvg. The last line says PASS or MISS.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -202,6 +203,32 @@ def describe(row: Row) -> str:
     return ", ".join(f"{k}={v:g}" for k, v in row.params.items()) or "-"
 
 
+def write_rows(
+    path: Path,
+    results: list[tuple[str, str, str, dict[str, Any]]],
+    baseline: float | None,
+    *,
+    learned: bool,
+) -> None:
+    """The table as JSON: each row's ε, mean Dice and Dice cost against plain FedAvg.
+
+    ``fedavg_learned`` says whether the costs mean anything (plain FedAvg gained at least
+    MIN_LEARNED Dice over the untrained model).
+    """
+    rows_out = [
+        {
+            "row": name,
+            "mechanism": mechanism,
+            "parameters": params,
+            "epsilon": r["epsilon"],
+            "dice_mean": r["dice_mean"],
+            "cost": None if baseline is None else baseline - r["dice_mean"],
+        }
+        for name, mechanism, params, r in results
+    ]
+    path.write_text(json.dumps({"fedavg_learned": learned, "rows": rows_out}, indent=2))
+
+
 def main() -> int:
     """Run the rows and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -225,6 +252,9 @@ def main() -> int:
     parser.add_argument("--no-central", action="store_true", help="skip the central baseline")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--json", type=Path, help="also write the rows here (bench/privacy_attacks.py --utility)"
+    )
     args = parser.parse_args()
     args.params = {"blocks_down": [1, 1], "blocks_up": [1]}
     torch.set_num_threads(args.threads)
@@ -281,6 +311,8 @@ def main() -> int:
             best = c if best is None else min(best, c)
     start = next(r[3]["dice_mean"] for r in results if r[0] == "untrained")
     learned = baseline is not None and baseline - start >= MIN_LEARNED
+    if args.json is not None:
+        write_rows(args.json, results, baseline, learned=learned)
     verdict = "PASS" if learned and best is not None and best <= TARGET_COST else "MISS"
     shown = "no formal row" if best is None else f"{best:.3f}"
     note = "" if learned else f" (FedAvg itself gained < {MIN_LEARNED} Dice: not a valid test)"

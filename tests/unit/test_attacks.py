@@ -291,11 +291,35 @@ def test_a_low_ssim_is_never_a_pass_unless_the_attack_recovered_the_worst_case()
     from bench.privacy_attacks import verdict
 
     defended = _row("secagg3", ssim=0.05, auc=0.5)
-    assert verdict(defended, None).startswith("INCONCLUSIVE")
-    assert verdict(defended, _row("worst", ssim=0.1, auc=0.5)).startswith("INCONCLUSIVE")
-    assert verdict(defended, _row("worst", ssim=0.8, auc=0.5)).startswith("PASS")
-    assert verdict(_row("secagg3", ssim=0.05, auc=0.7), None).startswith("MISS")
-    assert verdict(_row("secagg3", ssim=0.6, auc=0.5), None).startswith("MISS")
+    works = _row("worst", ssim=0.8, auc=0.5)
+    assert verdict(defended, None, 0.0).startswith("INCONCLUSIVE")
+    assert verdict(defended, _row("worst", ssim=0.1, auc=0.5), 0.0).startswith("INCONCLUSIVE")
+    assert verdict(defended, works, 0.01).startswith("PASS")
+    assert verdict(_row("secagg3", ssim=0.05, auc=0.7), None, 0.0).startswith("MISS")
+    assert verdict(_row("secagg3", ssim=0.6, auc=0.5), None, 0.0).startswith("MISS")
+
+
+def test_the_dice_cost_is_judged_and_an_unknown_cost_is_never_a_pass(tmp_path) -> None:
+    import json
+
+    from bench.privacy_attacks import SETTINGS, format_row, load_costs, verdict
+
+    defended, works = _row("secagg3", ssim=0.05, auc=0.5), _row("worst", ssim=0.8, auc=0.5)
+    assert verdict(defended, works, 0.05).startswith("MISS")  # leaks little, costs too much
+    assert verdict(defended, works).startswith("INCONCLUSIVE")  # cost not given
+    assert "unknown (no --utility run in which FedAvg learned)" in verdict(defended, works)
+    table = tmp_path / "utility.json"
+    rows = [{"row": name, "cost": cost} for name, cost in (("none", 0.0), ("svt-0.1", 0.033))]
+    table.write_text(json.dumps({"fedavg_learned": False, "rows": rows}))
+    assert set(load_costs(table).values()) == {None}  # FedAvg learned nothing: no costs
+    table.write_text(json.dumps({"fedavg_learned": True, "rows": rows}))
+    costs = load_costs(table)
+    svt = _row("svt", ssim=0.01, auc=0.5)
+    assert costs.get(svt.setting.utility_row) == 0.033
+    assert "+0.033" in format_row(svt, costs.get(svt.setting.utility_row))
+    assert "see privacy_utility" in format_row(svt)
+    named = {s.utility_row for s in SETTINGS}  # every row names one the utility bench has
+    assert named == {"none", "dp_fedavg-1", "svt-0.1", "dp_sgd-eps1", "dp_sgd-eps8"}
 
 
 def test_every_row_has_a_real_mechanism_and_dp_sgd_rows_spend_their_epsilon() -> None:
