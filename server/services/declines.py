@@ -132,8 +132,7 @@ class DeclineService:
                     f"this site already sent an update for round {live.number}",
                     code="decline_conflict",
                 )
-            if row.status != RoundStatus.OPEN or not self._rounds.is_live(live):
-                raise Conflict(f"round {live.number} is {row.status}", code="round_closed")
+            self._rounds.require_open(row, live)
             await add_decline(
                 repo,
                 DeclineRow(

@@ -260,8 +260,7 @@ class UpdateIntake:
                 return _replay(existing, body, live.run_id, live.number, site.name)
             if await decline_of(repo, row.id, site_id) is not None:
                 raise _declined(live.number)
-            if row.status != RoundStatus.OPEN or not self._rounds.is_live(live):
-                raise Conflict(f"round {live.number} is {row.status}", code="round_closed")
+            self._rounds.require_open(row, live)
             await repo.add_update(
                 UpdateRow(
                     round_id=row.id,

@@ -100,6 +100,11 @@ class Coordinator:
         """Whether ``live`` is still the open round it was (not closed or ended since)."""
         return self._live.get(live.round_id) is live
 
+    def require_open(self, row: RoundRow, live: LiveRound) -> None:
+        """Under the round lock, before a write: `Conflict` (``round_closed``) unless open."""
+        if row.status != RoundStatus.OPEN or not self.is_live(live):
+            raise Conflict(f"round {live.number} is {row.status}", code="round_closed")
+
     def _live_of_run(self, run_id: str) -> LiveRound | None:
         return next((item for item in self._live.values() if item.run_id == run_id), None)
 
